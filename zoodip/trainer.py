@@ -1,0 +1,138 @@
+"""The ZO training loop: estimator -> (projector) -> optimizer, on any loss of the token vectors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from .estimator import RandomGradientEstimator
+from .optim import ZOAdam
+from .projector import SubspaceProjector
+from .seeds import derive_seed
+
+
+class BatchLoss(Protocol):
+    """Loss of a batch of token values that share one draw of data and noise.
+
+    ``thetas`` has shape (B, *token_shape); ``seed`` fixes everything random in the evaluation
+    (image, template, noise, timestep) so all B values see the same draw (common random numbers).
+    Returns B losses.
+    """
+
+    def __call__(self, thetas: torch.Tensor, seed: int) -> torch.Tensor: ...
+
+
+@dataclass
+class StepResult:
+    step: int  # steps completed, counting this one
+    loss: float  # clean loss L(theta) of this step's draw (nan when skipped)
+    skipped: bool = False  # non-finite losses: no update was made
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive steps with non-finite losses."""
+
+
+class ZOTrainer:
+    """Trains ``theta`` in place with forward evaluations of ``loss_fn`` only.
+
+    Per step k: seed_k = derive(seed, k); evaluate the estimator's queries around theta in one
+    batch; g = estimate; optionally record theta in the projector and project g; optimizer step.
+    All randomness derives from (seed, k), so stopping at k and resuming gives the identical run.
+    """
+
+    def __init__(
+        self,
+        theta: torch.Tensor,
+        loss_fn: BatchLoss,
+        estimator: RandomGradientEstimator,
+        optimizer: ZOAdam,
+        projector: SubspaceProjector | None = None,
+        seed: int = 0,
+        max_bad_steps: int = 5,
+    ) -> None:
+        if optimizer.param is not theta:
+            raise ValueError("the optimizer must update the same tensor the trainer trains")
+        self.theta = theta
+        self.loss_fn = loss_fn
+        self.estimator = estimator
+        self.optimizer = optimizer
+        self.projector = projector
+        self.seed = int(seed)
+        self.max_bad_steps = int(max_bad_steps)
+        self.step_count = 0
+        self.skipped_steps = 0
+        self._bad_in_a_row = 0
+        self.history: list[float] = []  # clean loss per step (nan for a skipped step)
+
+    @torch.no_grad()
+    def step(self) -> StepResult:
+        k = self.step_count
+        dir_seed = derive_seed(self.seed, k, 1)
+        data_seed = derive_seed(self.seed, k, 2)
+        queries = self.estimator.queries(self.theta, dir_seed)
+        losses = self.loss_fn(queries, data_seed).detach().float().cpu()
+        self.step_count += 1
+        if not bool(torch.isfinite(losses).all()):
+            self.skipped_steps += 1
+            self._bad_in_a_row += 1
+            self.history.append(math.nan)
+            if self._bad_in_a_row >= self.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{self._bad_in_a_row} steps in a row gave non-finite losses (NaN/inf); the token was "
+                    "kept at its last good value. Check the model (an fp8 overflow or broken weights), or "
+                    "lower the perturbation"
+                )
+            return StepResult(self.step_count, math.nan, skipped=True)
+        self._bad_in_a_row = 0
+        grad = self.estimator.estimate(losses, self.theta, dir_seed)
+        if self.projector is not None:
+            self.projector.observe(self.theta)
+            grad = self.projector.project(grad)
+        self.optimizer.step(grad)
+        clean = self.estimator.clean_loss(losses)
+        self.history.append(clean)
+        return StepResult(self.step_count, clean)
+
+    def run(self, steps: int, callback: Callable[[StepResult], None] | None = None) -> list[StepResult]:
+        """Steps until ``step_count == steps`` (a total, so a resumed trainer continues to it)."""
+        results = []
+        while self.step_count < steps:
+            r = self.step()
+            results.append(r)
+            if callback is not None:
+                callback(r)
+        return results
+
+    def state_dict(self) -> dict:
+        return {
+            "theta": self.theta.detach().cpu().clone(),
+            "seed": self.seed,
+            "step": self.step_count,
+            "skipped_steps": self.skipped_steps,
+            "bad_in_a_row": self._bad_in_a_row,
+            "history": list(self.history),
+            "estimator": self.estimator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "projector": None if self.projector is None else self.projector.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["theta"].shape) != tuple(self.theta.shape):
+            raise ValueError(
+                f"the saved state is for a token of shape {tuple(state['theta'].shape)}, "
+                f"this run trains {tuple(self.theta.shape)}; use the same num_vectors"
+            )
+        self.theta.copy_(state["theta"].to(device=self.theta.device, dtype=self.theta.dtype))
+        self.seed = int(state["seed"])
+        self.step_count = int(state["step"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self._bad_in_a_row = int(state["bad_in_a_row"])
+        self.history = [float(x) for x in state["history"]]
+        self.estimator.load_state_dict(state["estimator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.projector is not None and state["projector"] is not None:
+            self.projector.load_state_dict(state["projector"])
