@@ -1,4 +1,26 @@
 """Thin ComfyUI adapters: input declarations, validation, and calls into the engine."""
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from .config import PUTSSamplerConfig, SubspaceProjector
+from .embeddings import ZOODiPApplyEmbedding, ZOODiPLoadEmbedding, ZOODiPSaveEmbedding
+from .images import ZOODiPLoadImages
+from .train import ZOODiPTrainToken
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "ZOODiPTrainToken": ZOODiPTrainToken,
+    "PUTSSamplerConfig": PUTSSamplerConfig,
+    "SubspaceProjector": SubspaceProjector,
+    "ZOODiPSaveEmbedding": ZOODiPSaveEmbedding,
+    "ZOODiPLoadEmbedding": ZOODiPLoadEmbedding,
+    "ZOODiPApplyEmbedding": ZOODiPApplyEmbedding,
+    "ZOODiPLoadImages": ZOODiPLoadImages,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "ZOODiPTrainToken": "ZOODiP Train Token",
+    "PUTSSamplerConfig": "PUTS Sampler Config",
+    "SubspaceProjector": "Subspace Projector",
+    "ZOODiPSaveEmbedding": "Save Embedding",
+    "ZOODiPLoadEmbedding": "Load Embedding",
+    "ZOODiPApplyEmbedding": "Apply Embedding",
+    "ZOODiPLoadImages": "Load Training Images",
+}

@@ -1,0 +1,146 @@
+"""One training run: the host's objects wired to the engine's pieces.
+
+Shared by the Train Token node and the command-line runner, so both train the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..zoodip.embedding import Embedding
+from ..zoodip.estimator import RandomGradientEstimator
+from ..zoodip.loss import DenoisingLoss, held_out_loss
+from ..zoodip.optim import ZOAdam
+from ..zoodip.projector import SubspaceProjector
+from ..zoodip.seeds import derive_seed
+from ..zoodip.settings import TrainSettings
+from ..zoodip.timesteps import PUTSSampler
+from ..zoodip.trainer import StepResult, ZOTrainer
+from . import host
+
+log = logging.getLogger("zoodip")
+
+HELD_OUT_DRAWS = 4
+
+
+@dataclass
+class LossHistory:
+    """What the ZOODIP_LOSS output carries: the clean loss per step and the held-out loss."""
+
+    token_name: str
+    loss: list[float] = field(default_factory=list)
+    held_out: list[tuple[int, float]] = field(default_factory=list)
+    skipped_steps: int = 0
+
+
+@dataclass
+class Run:
+    """A prepared run: everything validated and built, nothing trained yet."""
+
+    settings: TrainSettings
+    family: host.Family
+    trainer: ZOTrainer
+    loss_fn: DenoisingLoss
+    model: object
+    clip: object
+    history: LossHistory
+
+    def embedding(self) -> Embedding:
+        theta = self.trainer.theta.detach().to("cpu", torch.float32)
+        parts = theta.split(list(self.family.dims), dim=-1)
+        vectors = {k: p.clone() for k, p in zip(self.family.encoders, parts)}
+        meta = {
+            **self.settings.to_metadata(),
+            "zoodip.family": self.family.name,
+            "zoodip.step": str(self.trainer.step_count),
+        }
+        return Embedding(self.settings.token_name, vectors, meta, state=self.trainer.state_dict())
+
+    def held_out(self) -> float:
+        # fixed draws: the same images, noise and timesteps at every evaluation of this run
+        return held_out_loss(self.loss_fn, self.trainer.theta, derive_seed(self.settings.seed, 0xE7A1), HELD_OUT_DRAWS)
+
+
+def prepare(
+    model,
+    clip,
+    vae,
+    images: torch.Tensor,
+    settings: TrainSettings,
+    resume: Embedding | None = None,
+    max_batch: int | None = None,
+) -> Run:
+    """Validate everything cheap first, then encode the references once and build the trainer."""
+    templates = settings.validate()
+    if images is None or not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError("no training images: connect 3-5 photos of the subject (Load Training Images or Load Image)")
+    family = host.detect_family(model, clip)
+    if resume is not None:
+        resumed = resume.for_encoders(list(family.encoders))
+        if next(iter(resumed.values())).shape[0] != settings.num_vectors:
+            raise ValueError(
+                f"resume has {resume.num_vectors} vectors but num_vectors is {settings.num_vectors}: make them equal"
+            )
+        theta0 = torch.cat([resumed[k].float() for k in family.encoders], dim=-1)
+    else:
+        vecs = host.init_vectors(clip, family, settings.init_word, settings.num_vectors)
+        theta0 = torch.cat([vecs[k] for k in family.encoders], dim=-1)
+    if theta0.shape[-1] != sum(family.dims):
+        raise ValueError(f"the token has width {theta0.shape[-1]} but {family.name} needs {sum(family.dims)}")
+    text = host.TokenTextEncoder(clip, family, templates, settings.num_vectors)
+
+    device = model.load_device
+    theta = theta0.to(device=device, dtype=torch.float32).clone()
+    latents = host.encode_references(model, vae, images)
+    if settings.puts is not None:
+        timesteps = PUTSSampler(settings.puts.t_min, min(settings.puts.t_max, family.num_train_timesteps), family.num_train_timesteps)
+    else:
+        timesteps = PUTSSampler.uniform(family.num_train_timesteps)
+    loss_fn = DenoisingLoss(
+        latents,
+        text,
+        host.HostDenoiser(model),
+        model.get_model_object("model_sampling"),
+        len(templates),
+        timesteps,
+        max_batch=max_batch,
+    )
+    estimator = RandomGradientEstimator(settings.queries, settings.perturbation, settings.two_sided)
+    optimizer = ZOAdam(theta, lr=settings.learning_rate)
+    projector = SubspaceProjector(settings.subspace.tau, settings.subspace.nu) if settings.subspace else None
+    trainer = ZOTrainer(theta, loss_fn, estimator, optimizer, projector, seed=settings.seed)
+    history = LossHistory(settings.token_name)
+    if resume is not None and resume.state is not None:
+        trainer.load_state_dict(resume.state)
+        history.loss = list(trainer.history)
+    return Run(settings, family, trainer, loss_fn, model, clip, history)
+
+
+def train(
+    run: Run,
+    held_out_every: int = 0,
+    on_step: Callable[[StepResult, float], None] | None = None,
+) -> Run:
+    """Run to ``settings.steps``. ``on_step(result, steps_per_second)`` may raise to stop (Cancel)."""
+    s = run.settings
+    t0, first = time.perf_counter(), run.trainer.step_count
+
+    def callback(r: StepResult) -> None:
+        run.history.loss.append(r.loss)
+        run.history.skipped_steps = run.trainer.skipped_steps
+        if held_out_every and (r.step % held_out_every == 0 or r.step == s.steps):
+            run.history.held_out.append((r.step, run.held_out()))
+        rate = (r.step - first) / max(time.perf_counter() - t0, 1e-9)
+        if on_step is not None:
+            on_step(r, rate)
+
+    with host.sampling_session(run.model, run.clip):
+        if held_out_every and run.trainer.step_count == 0:
+            run.history.held_out.append((0, run.held_out()))
+        run.trainer.run(s.steps, callback)
+    return run
