@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
-
-import torch
 
 import comfy.model_management as mm
 import comfy.sampler_helpers
 import comfy.samplers
+import torch
 
 from ..zoodip.embedding import Embedding
 
@@ -122,7 +121,7 @@ def _resolver(original, table: dict[str, torch.Tensor]):
             return table[first], leftover
         stripped = first.strip(",")
         if stripped in table:
-            return table[stripped], "{} {}".format(first[len(stripped):], leftover)
+            return table[stripped], f"{first[len(stripped):]} {leftover}"
         return original(embedding_name)
 
     return try_get_embedding

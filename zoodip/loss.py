@@ -12,8 +12,9 @@ The host supplies three things and the engine stays free of any host import:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

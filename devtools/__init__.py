@@ -1,0 +1,1 @@
+"""Developer tools for the pack (test/demo asset generators, host import helpers)."""
