@@ -13,11 +13,12 @@ PHOTOS = "dog"
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(host) -> str:
-    from devtools.assets import build_sd15_checkpoint
+    from devtools.assets import cached_sd15_checkpoint
 
     path = host.model_dir("checkpoints") / CKPT
     if not path.exists():
-        build_sd15_checkpoint(path, "tiny", seed=0)
+        # built once per machine (git-ignored cache), linked into the host's temp tree
+        path.symlink_to(cached_sd15_checkpoint("tiny", seed=0))
     return CKPT
 
 
