@@ -2,7 +2,9 @@
 
 from .config import PUTSSamplerConfig, SubspaceProjector
 from .embeddings import ZOODiPApplyEmbedding, ZOODiPLoadEmbedding, ZOODiPSaveEmbedding
+from .evaluate import ZOODiPEvaluate
 from .images import ZOODiPLoadImages
+from .loss_graph import ZOODiPLossGraph
 from .train import ZOODiPTrainToken
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -13,6 +15,8 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "ZOODiPLoadEmbedding": ZOODiPLoadEmbedding,
     "ZOODiPApplyEmbedding": ZOODiPApplyEmbedding,
     "ZOODiPLoadImages": ZOODiPLoadImages,
+    "ZOODiPLossGraph": ZOODiPLossGraph,
+    "ZOODiPEvaluate": ZOODiPEvaluate,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -23,4 +27,6 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "ZOODiPLoadEmbedding": "Load Embedding",
     "ZOODiPApplyEmbedding": "Apply Embedding",
     "ZOODiPLoadImages": "Load Training Images",
+    "ZOODiPLossGraph": "Loss Graph",
+    "ZOODiPEvaluate": "Evaluate Token",
 }

@@ -1,0 +1,76 @@
+"""Evaluate Token: CLIP-I, CLIP-T (and DINO) of generated images, from the user's local model files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+from ..zoodip import evaluate as ev
+
+OPEN_CLIP_DIR = "open_clip"
+DINO_DIR = "dino"
+NONE = "none"
+
+
+def _register_folders() -> None:
+    # models/open_clip and models/dino, listed like any other model folder
+    models = Path(folder_paths.models_dir)
+    for name in (OPEN_CLIP_DIR, DINO_DIR):
+        if name not in folder_paths.folder_names_and_paths:
+            folder_paths.folder_names_and_paths[name] = ([str(models / name)], folder_paths.supported_pt_extensions)
+
+
+def _weights(kind: str) -> list[str]:
+    _register_folders()
+    return [f for f in folder_paths.get_filename_list(kind) if not f.endswith(".json")]
+
+
+class ZOODiPEvaluate:
+    CATEGORY = "ZOODiP"
+    DESCRIPTION = (
+        "Scores generated images against the reference photos and the prompt: CLIP-I (image-image), "
+        "CLIP-T (image-text) and, with a DINO model, DINO similarity. Models are read from "
+        "models/open_clip and models/dino."
+    )
+    RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT")
+    RETURN_NAMES = ("clip_i", "clip_t", "dino")
+    OUTPUT_TOOLTIPS = ("Mean cosine, generated vs references.", "Mean cosine, generated vs prompt.", "Mean DINO cosine, or -1 without a DINO model.")
+    OUTPUT_NODE = True
+    FUNCTION = "evaluate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Generated images (with the token)."}),
+                "references": ("IMAGE", {"tooltip": "The subject's reference photos."}),
+                "prompt": ("STRING", {"default": "a photo of a dog", "tooltip": "The prompt to score CLIP-T against; write the class word where the token was (the paper's protocol)."}),
+                "clip_model": (_weights(OPEN_CLIP_DIR) or [NONE], {"tooltip": "An open_clip weights file in models/open_clip (the paper uses ViT-B-32)."}),
+                "clip_architecture": ("STRING", {"default": "ViT-B-32", "tooltip": "The open_clip architecture of the file; a <file>.json config beside the weights overrides it."}),
+            },
+            "optional": {
+                "dino_model": ([NONE, *_weights(DINO_DIR)], {"default": NONE, "tooltip": "A DINO weights file in models/dino (the paper uses DINOv2-base), or none."}),
+                "dino_architecture": ("STRING", {"default": "vit_base_patch14_dinov2", "tooltip": "The timm architecture of the DINO file."}),
+            },
+        }
+
+    def evaluate(self, images, references, prompt, clip_model, clip_architecture, dino_model=NONE, dino_architecture="vit_base_patch14_dinov2"):
+        if images.shape[0] == 0 or references.shape[0] == 0:
+            raise ValueError("Evaluate Token needs at least one generated image and one reference photo")
+        _register_folders()
+        path = folder_paths.get_full_path(OPEN_CLIP_DIR, clip_model) if clip_model != NONE else None
+        if path is None:
+            raise ValueError(f"no open_clip model selected: put a weights file in {os.path.join(folder_paths.models_dir, OPEN_CLIP_DIR)}")
+        gen, ref = ev.to_pil(images), ev.to_pil(references)
+        model, preprocess, tokenizer = ev.load_open_clip(Path(path), clip_architecture)
+        scores = ev.clip_scores(model, preprocess, tokenizer, gen, ref, prompt)
+        dino = -1.0
+        if dino_model and dino_model != NONE:
+            dpath = folder_paths.get_full_path(DINO_DIR, dino_model)
+            if dpath is None:
+                raise ValueError(f"{dino_model} is not in models/{DINO_DIR}")
+            dino = ev.dino_score(ev.load_dino(Path(dpath), dino_architecture), gen, ref)
+        text = f"CLIP-I {scores['clip_i']:.4f}  CLIP-T {scores['clip_t']:.4f}" + (f"  DINO {dino:.4f}" if dino >= -0.5 else "")
+        return {"ui": {"text": [text]}, "result": (scores["clip_i"], scores["clip_t"], dino)}

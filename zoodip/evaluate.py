@@ -1,0 +1,92 @@
+"""Fidelity scores of generated images: CLIP-I, CLIP-T (open_clip) and DINO similarity.
+
+As in the paper's protocol (DreamBooth): CLIP-I is the mean cosine similarity between the image
+embeddings of every generated image and every reference photo; CLIP-T the mean cosine between the
+generated images and the prompt's text embedding; DINO the mean cosine of DINO CLS features
+between generated and reference images. Models come from the user's local files only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """ComfyUI IMAGE (B, H, W, C, 0..1) -> PIL images, as any image file would be read."""
+    from PIL import Image
+
+    arr = (images[..., :3].clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arr]
+
+
+def _mean_pair_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = torch.nn.functional.normalize(a.float(), dim=-1)
+    b = torch.nn.functional.normalize(b.float(), dim=-1)
+    return float((a @ b.T).mean())
+
+
+def load_open_clip(weights: Path, architecture: str, device: str = "cpu"):
+    """(model, preprocess, tokenizer) from a local weights file.
+
+    A ``<weights stem>.json`` beside the file (open_clip's model-config format) defines a custom
+    architecture; otherwise ``architecture`` names one of open_clip's (e.g. ViT-B-32).
+    """
+    import open_clip
+
+    weights = Path(weights)
+    config = weights.with_name(weights.name.split(".")[0] + ".json")
+    if config.is_file():
+        json.loads(config.read_text())  # a clear error for a broken config before open_clip parses it
+        open_clip.add_model_config(config)
+        architecture = config.stem
+    if architecture not in open_clip.list_models():
+        raise ValueError(
+            f"unknown open_clip architecture {architecture!r}: pick one open_clip lists (e.g. ViT-B-32), "
+            f"or put its config as {config.name} beside the weights"
+        )
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        architecture, pretrained=str(weights), device=device, weights_only=True
+    )
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(architecture)
+
+
+@torch.no_grad()
+def clip_scores(model, preprocess, tokenizer, generated: list, references: list, prompt: str, device: str = "cpu") -> dict[str, float]:
+    gen = torch.stack([preprocess(im) for im in generated]).to(device)
+    ref = torch.stack([preprocess(im) for im in references]).to(device)
+    g = model.encode_image(gen)
+    r = model.encode_image(ref)
+    t = model.encode_text(tokenizer([prompt]).to(device))
+    return {"clip_i": _mean_pair_cosine(g, r), "clip_t": _mean_pair_cosine(g, t)}
+
+
+def load_dino(weights: Path, architecture: str, device: str = "cpu"):
+    """A timm ViT (e.g. vit_base_patch14_dinov2) with the user's weights, read without pickles."""
+    import timm
+
+    weights = Path(weights)
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(weights))
+    else:
+        sd = torch.load(weights, map_location="cpu", weights_only=True)
+    model = timm.create_model(architecture, pretrained=False, num_classes=0)
+    model.load_state_dict(sd, strict=False)
+    return model.eval().to(device)
+
+
+@torch.no_grad()
+def dino_score(model, generated: list, references: list, device: str = "cpu") -> float:
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    tf = timm.data.create_transform(**cfg)
+    g = model(torch.stack([tf(im) for im in generated]).to(device))
+    r = model(torch.stack([tf(im) for im in references]).to(device))
+    return _mean_pair_cosine(g, r)
