@@ -28,7 +28,9 @@ def shrink(prompt: dict, steps: int, token: str) -> dict:
     p = {k: {**v, "inputs": dict(v["inputs"])} for k, v in prompt.items()}
     p[by_type["CheckpointLoaderSimple"][0]]["inputs"]["ckpt_name"] = CKPT
     p[by_type["ZOODiPLoadImages"][0]]["inputs"].update(folder="demo-photos", resolution=64)
-    p[by_type["ZOODiPTrainToken"][0]]["inputs"].update(steps=steps, token_name=token, held_out_every=max(1, steps // 10))
+    p[by_type["ZOODiPTrainToken"][0]]["inputs"].update(
+        steps=steps, token_name=token, held_out_every=max(1, steps // 10), preview_every=max(1, steps // 4), save_every=0
+    )
     p[by_type["SubspaceProjector"][0]]["inputs"]["tau"] = max(2, min(128, steps // 4))
     p[by_type["ZOODiPSaveEmbedding"][0]]["inputs"].update(filename=token, overwrite=True)
     for nid in by_type["CLIPTextEncode"]:

@@ -9,7 +9,7 @@ import folder_paths
 
 from ..zoodip import embedding as emb_io
 from ..zoodip.embedding import Embedding
-from ..zoodip.files import check_name, inside
+from ..zoodip.files import atomic_write, check_name, inside
 
 log = logging.getLogger("zoodip")
 
@@ -34,19 +34,42 @@ def embedding_path(filename: str) -> Path:
     return path
 
 
-def save_snapshot(embedding: Embedding, step: int) -> Path:
-    """``zoodip-runs/<token>/step-<k>.safetensors`` plus its training state; never replaces a file."""
+def runs_dir(token_name: str) -> Path:
+    """``<embeddings>/zoodip-runs/<token_name>``: where a run's snapshots go."""
     base = embeddings_dir()
-    folder = base / RUNS_DIR / check_name(embedding.name, "token_name")
-    path = folder / f"step-{step}.safetensors"
-    i = 1
-    while path.exists() or emb_io.state_path(path).exists():
-        i += 1
-        path = folder / f"step-{step}-{i}.safetensors"
-    if embedding.state is not None:
-        # state first: an embedding file without its state is still usable, the reverse is not
-        from ..zoodip.files import atomic_write
+    folder = base / RUNS_DIR / check_name(token_name, "token_name")
+    if not inside(base, folder):
+        raise ValueError(f"{folder} is not inside the embeddings folder {base} (is {RUNS_DIR} a link elsewhere?)")
+    return folder
 
-        atomic_write(emb_io.state_path(path), emb_io.state_to_bytes(embedding.state))
-    emb_io.save(embedding, path)
-    return path
+
+def save_snapshot(embedding: Embedding, step: int) -> Path:
+    """``zoodip-runs/<token>/step-<k>.safetensors`` plus its training state; never replaces a file.
+
+    A name that is taken (an earlier run of the same token reached the same step) gets a suffix:
+    ``step-<k>-2``, ``step-<k>-3``... Both files are written atomically (temp file + link), the
+    state first: an embedding file whose state is missing is still usable, the reverse is not.
+    """
+    folder = runs_dir(embedding.name)
+    for i in range(1, 10_000):
+        path = folder / (f"step-{step}.safetensors" if i == 1 else f"step-{step}-{i}.safetensors")
+        state = emb_io.state_path(path)
+        if path.exists() or state.exists():
+            continue
+        wrote_state = False
+        try:
+            if embedding.state is not None:
+                atomic_write(state, emb_io.state_to_bytes(embedding.state))
+                wrote_state = True
+            emb_io.save(embedding, path)
+        except FileExistsError:  # another writer took the name between the check and the write
+            if wrote_state:
+                state.unlink(missing_ok=True)
+            continue
+        return path
+    raise FileExistsError(f"no free snapshot name for step {step} in {folder}")
+
+
+def snapshot_name(path: Path) -> str:
+    """The name Load Embedding lists for a file in the embeddings folder (and embedding:<name> reads)."""
+    return str(Path(path).resolve().relative_to(embeddings_dir().resolve()))

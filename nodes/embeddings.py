@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import folder_paths
+import torch
 
 from ..zoodip import embedding as emb_io
 from ..zoodip.files import check_name
@@ -48,15 +49,22 @@ class ZOODiPSaveEmbedding:
         path = embedding_path(filename or embedding.name)
         state = embedding.state
         emb_io.save(embedding, path, overwrite=overwrite)
+        sp = emb_io.state_path(path)
         if state is not None:  # for an exact resume later; the host does not list this file
-            emb_io.atomic_write(emb_io.state_path(path), emb_io.state_to_bytes(state), overwrite=True)
+            emb_io.atomic_write(sp, emb_io.state_to_bytes(state), overwrite=True)
+        elif overwrite and sp.exists():
+            # the replaced file's state belongs to other vectors: a resume must not pick it up
+            sp.unlink()
         log.info("ZOODiP: saved %s", path)
         return {"ui": {"text": [f"saved {path.name}: use embedding:{path.stem} in a prompt"]}}
 
 
 class ZOODiPLoadEmbedding:
     CATEGORY = "ZOODiP"
-    DESCRIPTION = "Loads an embedding file from models/embeddings (and its training state, when one was saved beside it)."
+    DESCRIPTION = (
+        "Loads an embedding file from models/embeddings, including the snapshots under zoodip-runs/ that "
+        "save_every and Cancel write, with its training state when one was saved beside it (for an exact resume)."
+    )
     RETURN_TYPES = ("EMBEDDING",)
     RETURN_NAMES = ("embedding",)
     FUNCTION = "load"
@@ -65,19 +73,54 @@ class ZOODiPLoadEmbedding:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "embedding_name": (folder_paths.get_filename_list("embeddings"), {"tooltip": "A file in models/embeddings (safetensors, or A1111 .pt read safely)."}),
+                # the host's list walks subfolders, so zoodip-runs/<token>/step-<k>.safetensors is in it;
+                # .zoodip-state files are not (not a model extension)
+                "embedding_name": (folder_paths.get_filename_list("embeddings"), {"tooltip": "A file in models/embeddings (safetensors, or A1111 .pt read safely); zoodip-runs/ holds the snapshots of training runs."}),
             }
         }
+
+    @classmethod
+    def IS_CHANGED(cls, embedding_name):
+        # load again when the file or its state is replaced under the same name
+        path = folder_paths.get_full_path("embeddings", embedding_name)
+        if path is None:
+            return ""
+        parts = []
+        for p in (Path(path), emb_io.state_path(Path(path))):
+            try:
+                st = p.stat()
+                parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+            except OSError:
+                parts.append("-")
+        return "|".join(parts)
 
     def load(self, embedding_name):
         path = folder_paths.get_full_path("embeddings", embedding_name)
         if path is None:
             raise ValueError(f"{embedding_name} is not in the embeddings folder {embeddings_dir()}")
         emb = emb_io.load(Path(path))
-        sp = emb_io.state_path(Path(path))
-        if sp.exists():
-            emb.state = emb_io.state_from_bytes(sp.read_bytes())
+        emb.state = _read_state(emb, emb_io.state_path(Path(path)))
         return (emb,)
+
+
+def _read_state(emb, sp: Path) -> dict | None:
+    """The training state saved beside an embedding, if it is there, readable and for these vectors.
+
+    A broken or mismatched state only costs the exact resume (a warning), never the embedding.
+    """
+    if not sp.is_file():
+        return None
+    try:
+        state = emb_io.state_from_bytes(sp.read_bytes())
+        theta = state["theta"]
+        vectors = torch.cat([v.float() for v in emb.vectors.values()], dim=-1)
+        if not torch.is_tensor(theta) or theta.shape != vectors.shape or not torch.equal(theta.float(), vectors):
+            log.warning("ZOODiP: %s does not belong to the vectors in the embedding file (replaced?); ignored", sp.name)
+            return None
+    except Exception as e:  # a damaged file: the embedding still loads
+        log.warning("ZOODiP: could not read the training state %s (%s); loading the embedding without it", sp.name, e)
+        return None
+    return state
 
 
 class ZOODiPApplyEmbedding:

@@ -80,6 +80,10 @@ def prepare(
     if images is None or not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] == 0:
         raise ValueError("no training images: connect 3-5 photos of the subject (Load Training Images or Load Image)")
     family = host.detect_family(model, clip)
+    if settings.perturbation != family.paper_mu:
+        log.info("ZOODiP: the paper used perturbation (mu) %g for %s; this run uses %g", family.paper_mu, family.name, settings.perturbation)
+    if settings.puts is not None and settings.puts.t_max != family.paper_t_max:
+        log.info("ZOODiP: the paper used PUTS t_max %d for %s; this run uses %d", family.paper_t_max, family.name, settings.puts.t_max)
     if resume is not None:
         resumed = resume.for_encoders(list(family.encoders))
         if next(iter(resumed.values())).shape[0] != settings.num_vectors:
@@ -121,12 +125,48 @@ def prepare(
     return Run(settings, family, trainer, loss_fn, model, clip, history)
 
 
+@dataclass
+class PreviewSettings:
+    """Every ``every`` steps, sample a small image with the current token (fixed seed)."""
+
+    every: int
+    prompt: str = "a photo of {token}"
+    steps: int = 8
+    cfg: float = 5.0
+    seed: int = 0
+
+
+def render_preview(run: Run, vae, preview: PreviewSettings) -> torch.Tensor:
+    """One image (1, H, W, 3) sampled with the token as it is now, at the photos' size."""
+    import comfy.sample
+
+    name = run.settings.token_name
+    clip = host.clip_with_embeddings(run.clip, {name: run.embedding().vectors})
+    text = preview.prompt.replace("{token}", f"embedding:{name}")
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    latents = run.loss_fn.latents
+    latent = torch.zeros((1, *latents.shape[1:]), dtype=torch.float32)
+    noise = comfy.sample.prepare_noise(latent, preview.seed)
+    samples = comfy.sample.sample(
+        run.model, noise, preview.steps, preview.cfg, "euler", "normal", positive, negative, latent,
+        disable_pbar=True, seed=preview.seed,
+    )
+    return vae.decode(samples)[:1, :, :, :3].float().cpu()
+
+
 def train(
     run: Run,
     held_out_every: int = 0,
     on_step: Callable[[StepResult, float], None] | None = None,
+    preview_every: int = 0,
+    on_preview: Callable[[int], None] | None = None,
 ) -> Run:
-    """Run to ``settings.steps``. ``on_step(result, steps_per_second)`` may raise to stop (Cancel)."""
+    """Run to ``settings.steps``. ``on_step(result, steps_per_second)`` may raise to stop (Cancel).
+
+    With ``preview_every``, training pauses every that many steps and ``on_preview(step)`` runs
+    outside the training session, so it may sample with the same model the way the sampler does.
+    """
     s = run.settings
     t0, first = time.perf_counter(), run.trainer.step_count
 
@@ -139,8 +179,15 @@ def train(
         if on_step is not None:
             on_step(r, rate)
 
-    with host.sampling_session(run.model, run.clip):
-        if held_out_every and run.trainer.step_count == 0:
+    if held_out_every and run.trainer.step_count == 0:
+        with host.sampling_session(run.model, run.clip):
             run.history.held_out.append((0, run.held_out()))
-        run.trainer.run(s.steps, callback)
+    while run.trainer.step_count < s.steps:
+        stop = s.steps
+        if preview_every and on_preview is not None:
+            stop = min(s.steps, (run.trainer.step_count // preview_every + 1) * preview_every)
+        with host.sampling_session(run.model, run.clip):
+            run.trainer.run(stop, callback)
+        if preview_every and on_preview is not None and stop % preview_every == 0:
+            on_preview(stop)
     return run

@@ -44,11 +44,27 @@ class Embedding:
             return dict(self.vectors)
         if len(keys) == 1 and set(self.vectors) == {SINGLE}:
             return {keys[0]: self.vectors[SINGLE]}
-        have = "one text encoder (SD1.x/SD2.x)" if len(self.vectors) == 1 else "two text encoders (SDXL)"
-        want = "one text encoder (SD1.x/SD2.x)" if len(keys) == 1 else "two text encoders (SDXL)"
         raise ValueError(
-            f"embedding {self.name!r} is for {have}, but this CLIP has {want}: use an embedding trained for this model family"
+            f"embedding {self.name!r} is for {_describe(self.vectors)}, but this CLIP has {_describe(keys)}: "
+            "use an embedding trained for this model family"
         )
+
+
+# the text encoders of each family, by the keys of the host's token dicts
+_ENCODERS = {
+    ("l",): "one text encoder (SD1.x, width 768)",
+    ("h",): "one text encoder (SD2.x, width 1024)",
+    ("g", "l"): "two text encoders (SDXL)",
+}
+
+
+def _describe(keys) -> str:
+    keys = tuple(sorted(keys))
+    if keys in _ENCODERS:
+        return _ENCODERS[keys]
+    if len(keys) == 1:
+        return "one text encoder"
+    return f"{len(keys)} text encoders ({', '.join(keys)})"
 
 
 def _file_tensors(emb: Embedding) -> dict[str, torch.Tensor]:
@@ -79,7 +95,7 @@ def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
 def load(path: Path) -> Embedding:
     """Read an embedding file (safetensors, or A1111 .pt/.bin with weights_only)."""
     path = Path(path)
-    name = path.name.split(".")[0]
+    name = path.stem
     meta: dict[str, str] = {}
     if path.suffix.lower() in (".safetensors", ".sft"):
         data = path.read_bytes()
@@ -149,5 +165,7 @@ def state_from_bytes(data: bytes) -> dict:
 
 
 def state_path(embedding_path: Path) -> Path:
+    """``dir/name.safetensors`` -> ``dir/name.zoodip-state`` (only the extension is replaced, so
+    ``my.v1`` and ``my.v2`` keep separate states)."""
     p = Path(embedding_path)
-    return p.with_name(p.name.split(".")[0] + STATE_SUFFIX)
+    return p.with_name(p.stem + STATE_SUFFIX)
