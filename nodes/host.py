@@ -30,16 +30,27 @@ MARKER = "__zoodip_token__"
 @dataclass(frozen=True)
 class Family:
     name: str  # shown to users
-    encoders: tuple[str, ...]  # the keys of the host's token dicts, e.g. ("l",)
+    encoders: tuple[str, ...]  # the keys of the host's token dicts, e.g. ("l",) or ("l", "g")
     dims: tuple[int, ...]
     num_train_timesteps: int
+    paper_mu: float  # the perturbation the paper used for this family
+    paper_t_max: int  # the upper end of PUTS the paper used
 
 
-# model_config class name -> (family name, text encoder keys, widths)
+# model_config class name -> (family name, text encoder keys, widths, paper's mu, paper's PUTS t_max)
+_SD1 = ("SD1.x", ("l",), (768,), 1e-3, 900)
+_SD2 = ("SD2.x", ("h",), (1024,), 1e-2, 900)
+_SDXL = ("SDXL", ("l", "g"), (768, 1280), 1e-2, 700)
 _SUPPORTED = {
-    "SD15": ("SD1.x", ("l",), (768,)),
+    "SD15": _SD1,
+    "SD20": _SD2,  # eps and v-prediction: the model's own sampling object tells them apart
+    "SDXL": _SDXL,
+    "SSD1B": _SDXL,
+    "Segmind_Vega": _SDXL,
+    "KOALA_700M": _SDXL,
+    "KOALA_1B": _SDXL,
 }
-SUPPORTED_TEXT = "SD1.x (SD1.5 and its fine-tunes)"
+SUPPORTED_TEXT = "SD1.x (SD1.5 and fine-tunes), SD2.x (eps and v-prediction) and SDXL (and its distilled variants)"
 
 
 def detect_family(model, clip) -> Family:
@@ -48,7 +59,7 @@ def detect_family(model, clip) -> Family:
     cname = type(config).__name__ if config is not None else type(model).__name__
     if cname not in _SUPPORTED:
         raise ValueError(f"ZOODiP cannot train on this model ({cname}): supported are {SUPPORTED_TEXT}")
-    name, keys, dims = _SUPPORTED[cname]
+    name, keys, dims, mu, t_max = _SUPPORTED[cname]
     tokens = clip.tokenize("a")
     if tuple(sorted(tokens)) != tuple(sorted(keys)):
         raise ValueError(
@@ -57,7 +68,7 @@ def detect_family(model, clip) -> Family:
         )
     sampling = model.get_model_object("model_sampling")
     n = int(getattr(sampling, "sigmas", torch.zeros(1000)).shape[0])
-    return Family(name, keys, dims, n)
+    return Family(name, keys, dims, n, mu, t_max)
 
 
 def _encoder(clip, key: str):
@@ -77,15 +88,14 @@ def word_vectors(clip, key: str, text: str) -> torch.Tensor:
         raise ValueError("init_word must be plain words, not an embedding:... reference")
     pairs = clip.tokenize(text)[key][0]
     sub = getattr(clip.tokenizer, f"clip_{key}")
-    special = {sub.start_token, sub.end_token, sub.pad_token}
+    # the word's tokens lie between the start token and the first end token; the pad token is
+    # not skipped inside them (SD2's and CLIP-G's pad is id 0, which is also the token of "!")
     ids = []
     for tok, _ in pairs:
-        if not isinstance(tok, int):
+        if not isinstance(tok, int) or (tok == sub.start_token and not ids):
             continue
-        if tok in special:
-            if tok == sub.end_token and ids:
-                break
-            continue
+        if tok == sub.end_token:
+            break
         ids.append(tok)
     if not ids:
         raise ValueError(f"init_word {text!r} has no tokens for the text encoder: use a plain word such as 'dog'")
@@ -155,7 +165,8 @@ def apply_embedding(clip, emb: Embedding, token_name: str):
         if v.shape[-1] != width:
             raise ValueError(
                 f"embedding {emb.name!r} has vectors of width {v.shape[-1]} but this text encoder needs {width}: "
-                "it was trained for another model family"
+                "it was trained for another model family (widths: SD1.x 768, SD2.x 1024, SDXL 768 + 1280); "
+                "use an embedding trained for this model family"
             )
     return clip_with_embeddings(clip, {token_name: vectors})
 
@@ -194,7 +205,11 @@ class TokenTextEncoder:
             self.sequences.append(per_key)
 
     def __call__(self, thetas: torch.Tensor, template: int) -> dict:
-        self.clip.load_model()
+        # Load only if needed: sampling_session loaded it with the UNet, once per run. Calling
+        # load_models_gpu every step would, on a GPU, re-run its memory management for the
+        # text encoder alone (which may evict part of the UNet, or empty the CUDA cache).
+        if self.clip.patcher not in mm.loaded_models():
+            self.clip.load_model()
         _set_clip_layer(self.clip)
         out = {}
         # theta holds every encoder's vectors side by side: (B, V, sum of widths)
@@ -209,9 +224,15 @@ class TokenTextEncoder:
                 batch.append(s)
             z, pooled = _encoder(self.clip, key)(batch)[:2]
             out[key] = (z, pooled)
-        # one encoder: its hidden states are the cross-attention context
-        z, pooled = out[self.family.encoders[0]]
-        return {"cross_attn": z, "pooled_output": pooled}
+        if len(self.family.encoders) == 1:
+            # one encoder: its hidden states are the cross-attention context
+            z, pooled = out[self.family.encoders[0]]
+            return {"cross_attn": z, "pooled_output": pooled}
+        # SDXL: CLIP-L and CLIP-G hidden states side by side, the pooled vector from CLIP-G
+        # (what the host's SDXL text encoder returns for a prompt)
+        (zl, _), (zg, pooled) = out["l"], out["g"]
+        cut = min(zl.shape[1], zg.shape[1])
+        return {"cross_attn": torch.cat([zl[:, :cut], zg[:, :cut]], dim=-1), "pooled_output": pooled}
 
 
 class HostDenoiser:
