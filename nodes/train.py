@@ -72,6 +72,7 @@ class ZOODiPTrainToken:
         "The preview images, one per preview_every steps (a black image when previews are off).",
     )
     FUNCTION = "train"
+    OUTPUT_NODE = True  # training is worth running on its own (snapshots, previews)
 
     @classmethod
     def INPUT_TYPES(cls):
