@@ -3,7 +3,7 @@
     python -m devtools.demo [--steps 200] [--out out/demo]
 
 Builds (once, cached) a tiny SD1.5-architecture checkpoint with seeded random weights and four
-generated photos, runs workflows/train_token.api.json in the real host with sizes shrunk for a
+generated photos, runs workflows/api/train_token.api.json in the real host with sizes shrunk for a
 CPU, prints the progress, and ends with the saved embedding and the sample image. Random weights
 know nothing, so the sample is noise-like: the demo shows the machinery, not image quality.
 """
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOW = REPO / "workflows" / "train_token.api.json"
+WORKFLOW = REPO / "workflows" / "api" / "train_token.api.json"
 CKPT = "zoodip-demo-sd15.safetensors"
 
 

@@ -1,7 +1,8 @@
 """UI-format workflow JSON -> API-format prompt, using the host's own node definitions.
 
-The UI JSON in workflows/ is the single source; the API files are derived from it with this
-converter (``python -m devtools.workflows``) and a test checks they agree.
+The UI JSON in workflows/ is the single source (the host also lists it as the pack's templates);
+the API files in workflows/api/ (a subfolder, so the host does not list them as templates) are
+derived from it with this converter (``python -m devtools.workflows``) and a test checks they agree.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def ui_to_api(ui: dict[str, Any], node_defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Regenerate workflows/*.api.json from the UI files (needs the host importable)."""
+    """Regenerate workflows/api/*.api.json from the UI files (needs the host importable)."""
     import asyncio
 
     from devtools.host import HeadlessHost
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             if ui_path.name.endswith(".api.json"):
                 continue
             api = ui_to_api(json.loads(ui_path.read_text()), nodes.NODE_CLASS_MAPPINGS)
-            out = ui_path.with_name(ui_path.name[: -len(".json")] + ".api.json")
+            out = ui_path.parent / "api" / (ui_path.name[: -len(".json")] + ".api.json")
             out.write_text(json.dumps(api, indent=2) + "\n")
             print(f"wrote {out.relative_to(root)}", file=sys.stderr)
     del asyncio

@@ -11,6 +11,7 @@ PY="$VENV/bin/python"
 start=$SECONDS
 bash scripts/setup_venv.sh
 echo "[test] venv ready in $((SECONDS - start))s"
+bash scripts/setup_browser.sh  # Chromium for tests/browser on CI (skips itself elsewhere)
 
 echo "[test] ruff check ."
 ruff_rc=0

@@ -32,7 +32,7 @@ from devtools.host_path import host_path  # noqa: E402
 from devtools.workflows import ui_to_api  # noqa: E402
 
 WORKFLOW = PACK_ROOT / "workflows" / "train_token.json"
-API_WORKFLOW = PACK_ROOT / "workflows" / "train_token.api.json"
+API_WORKFLOW = PACK_ROOT / "workflows" / "api" / "train_token.api.json"
 CKPT = "zoodip-tiny-sd15.safetensors"
 PHOTOS = "server-photos"
 START_TIMEOUT = 240.0
