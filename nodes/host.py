@@ -66,6 +66,9 @@ def detect_family(model, clip) -> Family:
             f"the CLIP does not match the {name} model (its text encoders are {sorted(tokens)}, {name} needs "
             f"{sorted(keys)}): connect the CLIP that came with the checkpoint"
         )
+    from .quantize import check_trainable  # layers that round their inputs would erase the probes
+
+    check_trainable(model, clip)
     sampling = model.get_model_object("model_sampling")
     n = int(getattr(sampling, "sigmas", torch.zeros(1000)).shape[0])
     return Family(name, keys, dims, n, mu, t_max)
