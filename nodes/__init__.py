@@ -5,6 +5,7 @@ from .embeddings import ZOODiPApplyEmbedding, ZOODiPLoadEmbedding, ZOODiPSaveEmb
 from .evaluate import ZOODiPEvaluate
 from .images import ZOODiPLoadImages
 from .loss_graph import ZOODiPLossGraph
+from .quantize import ZOODiPQuantizeModel
 from .train import ZOODiPTrainToken
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "ZOODiPLoadImages": ZOODiPLoadImages,
     "ZOODiPLossGraph": ZOODiPLossGraph,
     "ZOODiPEvaluate": ZOODiPEvaluate,
+    "ZOODiPQuantizeModel": ZOODiPQuantizeModel,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -29,4 +31,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "ZOODiPLoadImages": "Load Training Images",
     "ZOODiPLossGraph": "Loss Graph",
     "ZOODiPEvaluate": "Evaluate Token",
+    "ZOODiPQuantizeModel": "Quantize Model",
 }
