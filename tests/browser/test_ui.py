@@ -145,8 +145,11 @@ def open_template(driver, name: str) -> bool:
     thumb = f"/api/workflow_templates/{PACK_NAME}/{name}.jpg"
     try:
         pictured = wait_for(
-            driver, "return [...document.querySelectorAll('.p-dialog img')].some(i => i.src.endsWith(arguments[0]) "
-            "&& i.complete && i.naturalWidth > 0)", "the card's picture", 10, thumb)
+            # the front end shows the .jpg either by its URL or as a blob: URL of the fetched file;
+            # our thumbnails are 512x512 JPEGs (tests/docs checks them), so a blob of that size is ours
+            driver, "return [...document.querySelectorAll('.p-dialog img')].some(i => i.complete && i.naturalWidth > 0 "
+            "&& (i.src.endsWith(arguments[0]) || (i.src.startsWith('blob:') && i.naturalWidth === 512 "
+            "&& i.naturalHeight === 512)))", "the card's picture", 10, thumb)
     except AssertionError:
         pictured = False
     assert driver.execute_script(CLICK_TEXT, name, ".p-dialog") >= 1
