@@ -30,7 +30,10 @@ UNETLoader's weight_dtype / the host's --fp8_e4m3fn-text-enc), int8 (Quantize Mo
 UNet + text encoder weights per precision (distinct storages, quantization scales included).
 
 The peak is the process's whole resident memory (weights, VAE, activations, allocator slack), so
-ratios compare like with like: the same model loaded the same way, one phase each.
+ratios compare like with like: the same model loaded the same way, one phase each. The cases run
+with a fixed glibc mmap threshold (``--mmap-threshold``, see MMAP_THRESHOLD): with glibc's dynamic
+default, freed buffers stay in a fragmenting heap and the peak grows by a few hundred MB over the
+first steps of any long phase, whatever it computes.
 
     python benchmarks/memory.py [--size full] [--precisions fp32,fp16,fp8,int8,nf4,nf4c]
                                 [--phases sample,train,train_chunked,ti] [--steps 2] [--ti-steps 1]
@@ -68,6 +71,11 @@ TARGET_TRAIN_OVER_SAMPLE = 1.05
 TARGET_WEIGHTS = {"int8": 0.3, "nf4": 0.2}
 QUERIES = 2
 SAMPLER_BATCH = 2  # cond + uncond
+# glibc serves buffers above this size with mmap and returns them to the OS when freed. By default
+# it raises the threshold after the first such free (up to 32 MiB), and later buffers then come
+# from the heap, which fragments: the peak grows with the run's history, not with what a phase
+# needs. A fixed threshold (glibc's initial value) measures the need; 0 keeps the dynamic default.
+MMAP_THRESHOLD = 128 * 1024
 
 
 def _precision(name: str) -> dict[str, Any]:
@@ -197,6 +205,7 @@ def run_case(precision: str, phase: str, size: str, steps: int, ti_steps: int) -
         }
         weights["total"] = quant.resident_bytes(model.model.diffusion_model, clip.cond_stage_model)
         info: dict[str, Any] = {"precision": precision, "phase": phase, "size": size, "px": px, "device": str(device), "pid": os.getpid(),
+                                "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
                                 "unet_weight_dtype": str(model.model.get_dtype()), "weights": weights}
 
         # 2. the phase's inputs, built before the reset
@@ -279,6 +288,15 @@ def _child_cmd(precision: str, phase: str, args, out: Path) -> list[str]:
             "--steps", str(args.steps), "--ti-steps", str(args.ti_steps), "--case-out", str(out)]
 
 
+def _child_env(args) -> dict[str, str]:
+    env = dict(os.environ)
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    return env
+
+
 def run_all(args) -> dict[str, Any]:
     precisions = [p for p in args.precisions.split(",") if p]
     phases = [p for p in args.phases.split(",") if p]
@@ -303,7 +321,7 @@ def run_all(args) -> dict[str, Any]:
                 out = Path(tmp) / f"{precision}-{phase}.json"
                 say(f"[{precision}:{phase}] running in a new process")
                 t = time.perf_counter()
-                proc = subprocess.run(_child_cmd(precision, phase, args, out), cwd=str(ROOT),
+                proc = subprocess.run(_child_cmd(precision, phase, args, out), cwd=str(ROOT), env=_child_env(args),
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 if proc.returncode != 0 or not out.exists():
                     tail = "\n".join(proc.stdout.splitlines()[-30:])
@@ -368,6 +386,7 @@ def summarize(all_cases: list[dict[str, Any]], args) -> dict[str, Any]:
         "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
         "settings": {"size": args.size, "px": SIZES[args.size]["px"], "photos": SIZES[args.size]["photos"], "queries": QUERIES,
                      "train_steps": args.steps, "ti_steps": args.ti_steps, "train_chunked_max_batch": SAMPLER_BATCH,
+                     "malloc_mmap_threshold": args.mmap_threshold or "glibc default (dynamic)",
                      "sampler": "KSampler euler/normal, 1 step, cfg 7 (cond + uncond in one batch)"},
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
         "targets": {"train_over_sample_max": TARGET_TRAIN_OVER_SAMPLE, "weights_over_fp32_max": TARGET_WEIGHTS, "met": targets},
@@ -411,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="ZOODiP training steps per train case (the peak is reached in step 1)")
     ap.add_argument("--ti-steps", type=int, default=1)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
+                    help="glibc MALLOC_MMAP_THRESHOLD_ for the cases (bytes; 0 = glibc's dynamic default)")
+    ap.add_argument("--reference", action="append", default=[], metavar="NAME=PATH",
+                    help="embed the rows of an earlier result file under reference_runs[NAME]")
     ap.add_argument("--reuse", action="store_true", help="keep the cases already measured in --out (same size), run the rest")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--case-out", type=Path, help=argparse.SUPPRESS)
@@ -421,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         args.case_out.write_text(json.dumps(info, indent=1, default=str))
         return 0
     result = run_all(args)
+    for ref in args.reference:  # earlier runs (e.g. with other allocator settings), kept beside this one
+        name, _, path = ref.partition("=")
+        other = json.loads(Path(path).read_text())
+        result.setdefault("reference_runs", {})[name] = {k: other[k] for k in ("created", "command", "settings", "rows", "targets")}
     print(table(result))
     if args.out:
         _write(args.out, result)

@@ -497,10 +497,8 @@ def quantize_module(
             return conv
         return None
 
-    # check every layer first: fail before any quantization work
-    for name, m in root.named_modules():
-        target(name, m)
-
+    # plan every layer first: anything that cannot be done fails before any quantization work
+    plan = {id(m): target(name, m) for name, m in root.named_modules()}
     memo: dict[int, torch.nn.Module] = {}
 
     def value(name: str, t: torch.Tensor | None, for_q: bool) -> torch.Tensor | None:
@@ -514,7 +512,7 @@ def quantize_module(
     def visit(module: torch.nn.Module, name: str) -> torch.nn.Module:
         if id(module) in memo:
             return memo[id(module)]
-        fmt = target(name, module)
+        fmt = plan.get(id(module))
         p = f"{name}." if name else ""
         if fmt is not None:
             w = value(p + "weight", module.weight, True)

@@ -189,6 +189,18 @@ def test_layers_that_cannot_be_quantized_are_refused_before_any_work():
         quant.quantize_module(net, "none", "fp4")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_weights_stored_in_any_float_dtype_can_be_quantized(dtype):
+    net = _net()
+    low = _net().to(dtype)  # e.g. a model the host loaded with weight_dtype fp8
+    for a, b in zip(net.parameters(), low.parameters()):
+        a.data = b.data.float()  # the reference: the same (rounded) values in fp32
+    q, _ = quant.quantize_module(low, "int8", "int8")
+    assert q[5].weight.dtype == torch.int8 and q[0].weight.dtype == torch.int8
+    with torch.no_grad():
+        assert _rel(q[0](_x()), net[0](_x())) < 0.02  # a kept-as-is bias stays in its dtype: compute per layer
+
+
 def test_scope_limits_the_walk():
     net = torch.nn.Module()
     net.diffusion_model = torch.nn.Sequential(torch.nn.Linear(8, 8))
