@@ -14,11 +14,11 @@ Phases, all at batch 1 (one image):
 
 - ``sample``: one KSampler step with CFG (the cond and uncond rows in one batch of 2), from
   conditioning encoded before the reset, as a KSampler node runs after CLIPTextEncode;
-- ``train``: a ZOODiP training run as Train Token does it (n = 2 queries, PUTS, Subspace Projector),
-  including its one-off VAE encoding of the reference photos, for ``--steps`` steps; its n+1 = 3
-  queries go to the UNet in one batch of 3;
-- ``train_chunked``: the same with the queries sent in batches of at most 2 (``DenoisingLoss``
-  ``max_batch=2``), the batch a CFG sampler runs;
+- ``train``: a ZOODiP training run as Train Token does it with its defaults (n = 2 queries, PUTS,
+  Subspace Projector, ``query_batch`` 2: the n+1 = 3 queries go to the UNet in batches of at most
+  2, the batch a CFG sampler runs), including its one-off VAE encoding of the reference photos,
+  for ``--steps`` steps;
+- ``train_one_call``: the same with ``query_batch`` 0: all 3 queries in one UNet batch of 3;
 - ``ti``: first-order textual inversion: the same prepared run (the same photos encoded, the same
   loss through the host's text encoder and UNet), the token a leaf tensor requiring grad, backward
   to the token only, Adam, for ``--ti-steps`` steps.
@@ -36,7 +36,7 @@ default, freed buffers stay in a fragmenting heap and the peak grows by a few hu
 first steps of any long phase, whatever it computes.
 
     python benchmarks/memory.py [--size full] [--precisions fp32,fp16,fp8,int8,nf4,nf4c]
-                                [--phases sample,train,train_chunked,ti] [--steps 2] [--ti-steps 1]
+                                [--phases sample,train,train_one_call,ti] [--steps 2] [--ti-steps 1]
                                 [--out benchmarks/results/memory.json]
 """
 
@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "memory.json"
 PRECISIONS = ("fp32", "fp16", "fp8", "int8", "nf4", "nf4c")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "fp8", "int8", "nf4", "nf4c")
-PHASES = ("sample", "train", "train_chunked", "ti")
+PHASES = ("sample", "train", "train_one_call", "ti")
 SIZES = {"full": {"px": 512, "photos": 4}, "tiny": {"px": 64, "photos": 2}}
 TARGET_TRAIN_OVER_SAMPLE = 1.05
 TARGET_WEIGHTS = {"int8": 0.3, "nf4": 0.2}
@@ -237,15 +237,15 @@ def run_case(precision: str, phase: str, size: str, steps: int, ti_steps: int) -
                 with torch.inference_mode():
                     out = nodes.KSampler().sample(model, 0, 1, 7.0, "euler", "normal", pos, neg, latent, denoise=1.0)[0]
                 extra["finite"] = bool(torch.isfinite(out["samples"]).all())
-            elif phase in ("train", "train_chunked"):
+            elif phase in ("train_one_call", "train"):
                 settings = settings_mod.TrainSettings(
                     token_name="bench", init_word="dog", num_vectors=1, steps=steps, learning_rate=5e-3, queries=QUERIES,
                     perturbation=1e-3, seed=0, puts=settings_mod.PUTSConfig(500, 900), subspace=settings_mod.SubspaceConfig(128, 1e-3),
+                    query_batch=SAMPLER_BATCH if phase == "train" else 0,
                 )
                 training = pk["nodes.training"]
                 with torch.inference_mode():
-                    kwargs = {"max_batch": SAMPLER_BATCH} if phase == "train_chunked" else {}
-                    run = training.prepare(model, clip, vae, images, settings, **kwargs)
+                    run = training.prepare(model, clip, vae, images, settings)
                     run = training.train(run, on_step=lambda r, rate: progress(r.step, steps, None))
                 extra["loss"] = run.history.loss
                 extra["max_batch"] = run.loss_fn.max_batch
@@ -364,7 +364,7 @@ def summarize(all_cases: list[dict[str, Any]], args) -> dict[str, Any]:
                 row[f"{phase}_seconds"] = c["phase_seconds"]
                 if "cuda_peak" in c:
                     row[f"{phase}_cuda_peak_bytes"] = c["cuda_peak"]
-        for t in ("train", "train_chunked"):
+        for t in ("train_one_call", "train"):
             if f"{t}_peak_bytes" in row and "sample_peak_bytes" in row:
                 row[f"{t}_over_sample"] = row[f"{t}_peak_bytes"] / row["sample_peak_bytes"]
         if "ti_peak_bytes" in row and "sample_peak_bytes" in row:
@@ -375,8 +375,6 @@ def summarize(all_cases: list[dict[str, Any]], args) -> dict[str, Any]:
     targets = {
         "train_over_sample": {r["precision"]: r["train_over_sample"] <= TARGET_TRAIN_OVER_SAMPLE
                               for r in rows if "train_over_sample" in r},
-        "train_chunked_over_sample": {r["precision"]: r["train_chunked_over_sample"] <= TARGET_TRAIN_OVER_SAMPLE
-                                      for r in rows if "train_chunked_over_sample" in r},
         "weights_over_fp32": {p: next((r["weights_over_fp32"] <= lim for r in rows if r["precision"] == p and "weights_over_fp32" in r), None)
                               for p, lim in TARGET_WEIGHTS.items()},
     }
@@ -385,7 +383,7 @@ def summarize(all_cases: list[dict[str, Any]], args) -> dict[str, Any]:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
         "settings": {"size": args.size, "px": SIZES[args.size]["px"], "photos": SIZES[args.size]["photos"], "queries": QUERIES,
-                     "train_steps": args.steps, "ti_steps": args.ti_steps, "train_chunked_max_batch": SAMPLER_BATCH,
+                     "train_steps": args.steps, "ti_steps": args.ti_steps, "train_query_batch": SAMPLER_BATCH,
                      "malloc_mmap_threshold": args.mmap_threshold or "glibc default (dynamic)",
                      "sampler": "KSampler euler/normal, 1 step, cfg 7 (cond + uncond in one batch)"},
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -402,18 +400,18 @@ def _gib(x: int | None) -> str:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| precision | weights UNet+TE GiB | x fp32 | sample peak GiB | train peak GiB (batch 3) | / sample "
-        "| train peak GiB (batches <= 2) | / sample | first-order TI peak GiB | / sample |",
+        "| precision | weights UNet+TE GiB | x fp32 | sample peak GiB | ZOODiP train peak GiB (query_batch 2) | / sample "
+        "| train, query_batch 0 (batch 3) | / sample | first-order TI peak GiB | / sample |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         def ratio(k, r=r):
-            return f"{r[k]:.2f}" if k in r else "-"
+            return f"{r[k]:.3f}" if k in r else "-"
 
         lines.append(
             f"| {r['precision']} | {_gib(r['weights_bytes'])} | {ratio('weights_over_fp32')} | {_gib(r.get('sample_peak_bytes'))} | "
-            f"{_gib(r.get('train_peak_bytes'))} | {ratio('train_over_sample')} | {_gib(r.get('train_chunked_peak_bytes'))} | "
-            f"{ratio('train_chunked_over_sample')} | {_gib(r.get('ti_peak_bytes'))} | {ratio('ti_over_sample')} |"
+            f"{_gib(r.get('train_peak_bytes'))} | {ratio('train_over_sample')} | {_gib(r.get('train_one_call_peak_bytes'))} | "
+            f"{ratio('train_one_call_over_sample')} | {_gib(r.get('ti_peak_bytes'))} | {ratio('ti_over_sample')} |"
         )
     return "\n".join(lines)
 

@@ -164,7 +164,7 @@ def apply_embedding(clip, emb: Embedding, token_name: str):
     keys = list(clip.tokenize("a").keys())
     vectors = emb.for_encoders(keys)
     for k, v in vectors.items():
-        width = _encoder(clip, k).transformer.get_input_embeddings().weight.shape[1]
+        width = _encoder(clip, k).transformer.get_input_embeddings().embedding_dim
         if v.shape[-1] != width:
             raise ValueError(
                 f"embedding {emb.name!r} has vectors of width {v.shape[-1]} but this text encoder needs {width}: "

@@ -23,15 +23,19 @@ _T = {
         "It is not changed: the graph can keep using it elsewhere."
     ),
     "linear": (
-        "Format of the UNet's Linear layers (attention, feed-forward): int8 = bitsandbytes LLM.int8 "
-        "(Linear8bitLt, about 1/4 of fp32); nf4 / fp4 = bitsandbytes 4-bit (Linear4bit, about 1/7); none = leave them."
+        "Format of the UNet's Linear layers (attention, feed-forward, and 1x1 convolutions, which are Linear layers "
+        "applied per pixel): int8 = bitsandbytes LLM.int8 (Linear8bitLt, about 1/4 of fp32); nf4 / fp4 = "
+        "bitsandbytes 4-bit (Linear4bit, about 1/7); none = leave them."
     ),
     "conv": (
-        "Format of the UNet's convolutions (most of an SD UNet's weights): int8 = one scale per output channel "
+        "Format of the UNet's other convolutions (most of an SD UNet's weights): int8 = one scale per output channel "
         "(about 1/4 of fp32); nf4 = 4-bit blocks like nf4 Linear (about 1/7); none = leave them."
     ),
-    "clip": "Optional: the CLIP to quantize with the same Linear format (its token embeddings are kept as they are).",
-    "quantize_clip": "Quantize the connected CLIP's Linear layers too. Off: the CLIP output is the input CLIP.",
+    "clip": (
+        "Optional: the CLIP to quantize with the same Linear format, its token table too (a lookup dequantizes "
+        "only the rows it reads; trained token vectors are spliced in as float, never quantized)."
+    ),
+    "quantize_clip": "Quantize the connected CLIP's Linear layers and token table too. Off: the CLIP output is the input CLIP.",
 }
 
 
@@ -75,7 +79,8 @@ class ZOODiPQuantizeModel:
         new_clip = clip
         if clip_linear != "none":
             new_clip = clip.clone()
-            new_clip.patcher, clip_report = quantize_patcher(clip.patcher, clip_linear, "none", scope="")
+            new_clip.patcher, clip_report = quantize_patcher(clip.patcher, clip_linear, "none", scope="",
+                                                             tables=token_tables(clip.patcher.model))
             new_clip.cond_stage_model = new_clip.patcher.model
             log.info("ZOODiP Quantize Model: text encoder %s", clip_report.summary())
         return (new_model, new_clip)
@@ -117,7 +122,19 @@ def _offload(patcher) -> None:
             mm.current_loaded_models.pop(i)
 
 
-def quantize_patcher(patcher, linear: str, conv: str, scope: str):
+def token_tables(root: torch.nn.Module) -> list[str]:
+    """Names of the text encoders' token tables (what ``get_input_embeddings()`` returns) in ``root``."""
+    names = {id(m): name for name, m in root.named_modules()}
+    found = []
+    for m in root.modules():
+        get = getattr(m, "get_input_embeddings", None)
+        table = get() if callable(get) else None
+        if isinstance(table, torch.nn.Embedding) and id(table) in names and names[id(table)] not in found:
+            found.append(names[id(table)])
+    return found
+
+
+def quantize_patcher(patcher, linear: str, conv: str, scope: str, tables: list[str] | tuple[str, ...] = ()):
     """A new ModelPatcher over a quantized copy of ``patcher.model``; ``patcher`` is not changed.
 
     Weight patches (LoRAs) on quantized layers are applied to the weights before quantizing; the
@@ -140,7 +157,7 @@ def quantize_patcher(patcher, linear: str, conv: str, scope: str):
 
     root = patcher.model
     new_root, report = quant.quantize_module(
-        root, linear, conv, scope=scope, tensor_of=tensor_of, on_clone=_reset_layer,
+        root, linear, conv, scope=scope, tables=tables, tensor_of=tensor_of, on_clone=_reset_layer,
         store_device=patcher.offload_device,
     )
     for attr, value in _MODEL_STATE.items():

@@ -43,6 +43,10 @@ _T = {
         "the resumed step on."
     ),
     "two_sided": "Two-sided estimate: 2n passes per step instead of n+1, less biased.",
+    "query_batch": (
+        "Queries per UNet call. 2 (default) is the batch a CFG sampler runs, so training needs about the memory "
+        "sampling needs; 0 sends all n+1 queries in one call (a little faster, more memory)."
+    ),
     "held_out_every": "Every K steps, also measure the loss on fixed held-out noise and timesteps (costs 4 passes). 0 = off.",
     "preview_every": (
         "Every K steps, sample a small image with the token as it is (8 steps, fixed seed, the photos' size): shown "
@@ -101,6 +105,7 @@ class ZOODiPTrainToken:
                 "save_every": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": _T["save_every"]}),
                 "preview_every": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": _T["preview_every"]}),
                 "preview_prompt": ("STRING", {"default": "a photo of {token}", "tooltip": _T["preview_prompt"]}),
+                "query_batch": ("INT", {"default": 2, "min": 0, "max": 64, "tooltip": _T["query_batch"]}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -123,11 +128,13 @@ class ZOODiPTrainToken:
 
     def train(self, model, clip, vae, images, token_name, init_word, num_vectors, steps, learning_rate, queries,
               perturbation, seed, puts=None, subspace=None, prompt_templates="", resume=None, two_sided=False,
-              held_out_every=0, save_every=0, preview_every=0, preview_prompt="a photo of {token}", unique_id=None):
+              held_out_every=0, save_every=0, preview_every=0, preview_prompt="a photo of {token}", query_batch=2,
+              unique_id=None):
         settings = TrainSettings(
             token_name=token_name, init_word=init_word, num_vectors=num_vectors, steps=steps,
             learning_rate=learning_rate, queries=queries, perturbation=perturbation, seed=seed,
             two_sided=two_sided, puts=puts, subspace=subspace, prompt_templates=prompt_templates or "",
+            query_batch=2 if query_batch is None else int(query_batch),
         )
         if save_every is None or int(save_every) < 0:
             raise ValueError(f"save_every must be 0 (off) or a number of steps, got {save_every}")

@@ -73,7 +73,6 @@ def prepare(
     images: torch.Tensor,
     settings: TrainSettings,
     resume: Embedding | None = None,
-    max_batch: int | None = None,
 ) -> Run:
     """Validate everything cheap first, then encode the references once and build the trainer."""
     templates = settings.validate()
@@ -112,7 +111,7 @@ def prepare(
         model.get_model_object("model_sampling"),
         len(templates),
         timesteps,
-        max_batch=max_batch,
+        max_batch=settings.query_batch or None,
     )
     estimator = RandomGradientEstimator(settings.queries, settings.perturbation, settings.two_sided)
     optimizer = ZOAdam(theta, lr=settings.learning_rate)

@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="perturbation size of each random probe (default: %(default)s; the paper uses 1e-2 for SD2.1, SDXL and int4)")
     t.add_argument("--two-sided", action="store_true",
                    help="two-sided estimate: 2n forward passes per step instead of n+1, less biased")
+    t.add_argument("--query-batch", type=_non_negative_int, default=2, metavar="B",
+                   help="queries per UNet call: 2 (default) is a CFG sampler's batch, so training needs about sampling's "
+                        "memory; 0 = all queries in one call (a little faster, more memory)")
     t.add_argument("--seed", type=_non_negative_int, default=0,
                    help="seeds every random draw: the same seed and inputs give the same token, bit for bit (default: %(default)s)")
     puts = t.add_mutually_exclusive_group()
@@ -221,6 +224,7 @@ def settings_kwargs(opts: argparse.Namespace) -> dict[str, Any]:
         "seed": opts.seed,
         "two_sided": opts.two_sided,
         "prompt_templates": templates,
+        "query_batch": opts.query_batch,
     }
 
 

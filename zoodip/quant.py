@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -302,12 +302,12 @@ class QuantConv2d(_WeightOnly, torch.nn.Module):
             self.weight = torch.nn.Parameter(q.to(store), requires_grad=False)
             self.register_buffer("scale", scale.to(store))
             self.quant_state = None
-        elif fmt == "nf4":
+        elif fmt in ("nf4", "fp4"):  # fp4 only for 1x1 convolutions that follow an fp4 Linear format
             bnb = bitsandbytes()
             src = weight if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) else w
             packed, qs = bnb.functional.quantize_4bit(
                 src.to(work).reshape(w.shape[0], -1).contiguous(), blocksize=BLOCKSIZE_4BIT,
-                compress_statistics=True, quant_type="nf4",
+                compress_statistics=True, quant_type=fmt,
             )
             qs.to(store)
             self.weight = torch.nn.Parameter(packed.to(store), requires_grad=False)
@@ -352,8 +352,92 @@ def quantized_conv(conv: torch.nn.Conv2d, weight: torch.Tensor, bias: torch.Tens
     return QuantConv2d(conv, weight, bias, fmt, work, store)
 
 
+# --- Embedding (a text encoder's token table) ---
+
+class QuantEmbedding(_HostProtocol, torch.nn.Module):
+    """A token table stored as int8 rows (one scale per row) or 4-bit blocks (bitsandbytes' nf4/fp4
+    code values, blocks of 64 along each row); a lookup dequantizes only the rows it reads.
+
+    Called as the host calls its token table, ``emb(ids, out_dtype=None)``. Only tables the caller
+    names are quantized: a position table is read through ``.weight`` by the host, not looked up.
+    """
+
+    def __init__(self, weight: torch.Tensor, fmt: str, work: torch.device, store: torch.device, chunk_rows: int = 8192) -> None:
+        super().__init__()
+        n, d = weight.shape
+        self.num_embeddings, self.embedding_dim = n, d
+        self.padding_idx = None
+        self.fmt = fmt
+        self.compute_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
+        if fmt == "int8":
+            q = torch.empty((n, d), dtype=torch.int8, device=store)
+            scale = torch.empty(n, dtype=torch.float32, device=store)
+        elif fmt in ("nf4", "fp4"):
+            if d % BLOCKSIZE_4BIT:
+                raise QuantizationError(f"a 4-bit token table needs a width divisible by {BLOCKSIZE_4BIT}, got {d}; choose int8")
+            code = bitsandbytes().functional.get_4bit_type(fmt, device="cpu").float()
+            order = torch.argsort(code)
+            self.register_buffer("code", code.to(store))
+            sorted_code = code[order].to(work)
+            mids = (sorted_code[1:] + sorted_code[:-1]) / 2  # nearest code value by bucketing
+            order = order.to(device=work, dtype=torch.uint8)
+            q = torch.empty((n, d // 2), dtype=torch.uint8, device=store)
+            scale = torch.empty((n, d // BLOCKSIZE_4BIT), dtype=torch.float32, device=store)
+        else:
+            raise QuantizationError(f"unknown Embedding format {fmt!r}: choose one of int8, nf4, fp4")
+        for i in range(0, n, chunk_rows):  # in slices: no full fp32 copy of the table
+            w = weight[i:i + chunk_rows].to(device=work, dtype=torch.float32)
+            if fmt == "int8":
+                s = w.abs().amax(dim=1) / 127.0
+                s = torch.where(s > 0, s, torch.ones_like(s))
+                q[i:i + chunk_rows] = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8).to(store)
+            else:
+                blocks = w.view(w.shape[0], -1, BLOCKSIZE_4BIT)
+                s = blocks.abs().amax(dim=2)
+                s = torch.where(s > 0, s, torch.ones_like(s))
+                idx = order[torch.bucketize(blocks / s[..., None], mids)].view(w.shape[0], d)
+                q[i:i + chunk_rows] = ((idx[:, 0::2] << 4) | idx[:, 1::2]).to(store)
+            scale[i:i + chunk_rows] = s.to(store)
+        self.weight = torch.nn.Parameter(q, requires_grad=False)
+        self.register_buffer("scale", scale)
+        self.bias = None
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The dequantized rows ``ids`` (any shape) as ``dtype``, on ids' device."""
+        device = ids.device
+        at = ids.to(self.weight.device)  # read the rows where the table rests, move only them
+        q = _on(self.weight[at], device)
+        s = _on(self.scale[at], device)
+        if self.fmt == "int8":
+            return (q.to(torch.float32) * s[..., None]).to(dtype)
+        code = _on(self.code, device)
+        idx = torch.stack(((q >> 4), (q & 15)), dim=-1).flatten(-2).long()
+        vals = code[idx].view(*ids.shape, -1, BLOCKSIZE_4BIT) * s[..., None]
+        return vals.flatten(-2).to(dtype)
+
+    def forward(self, ids: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        self._refuse_patches()
+        return self.rows(ids, out_dtype or self.compute_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, format={self.fmt}"
+
+
+def quantized_embedding(weight: torch.Tensor, fmt: str, *, work_device=None, store_device=None) -> QuantEmbedding:
+    work = torch.device(work_device) if work_device is not None else weight.device
+    store = torch.device(store_device) if store_device is not None else weight.device
+    return QuantEmbedding(weight, fmt, work, store)
+
+
 def is_quantized_layer(m: torch.nn.Module) -> bool:
-    return isinstance(m, _WeightOnly)
+    return isinstance(m, (_WeightOnly, QuantEmbedding))
+
+
+def _pointwise(m: torch.nn.Conv2d) -> bool:
+    """A 1x1 convolution is a Linear layer applied per pixel (SD1.x's proj_in/proj_out are the
+    layers SD2.x and SDXL store as Linear): it takes the Linear format."""
+    return (tuple(m.kernel_size) == (1, 1) and m.groups == 1 and tuple(m.stride) == (1, 1)
+            and tuple(m.dilation) == (1, 1) and not isinstance(m.padding, str) and tuple(m.padding) == (0, 0))
 
 
 # --- the tree walk ---
@@ -454,6 +538,7 @@ def quantize_module(
     conv: str = "int8",
     *,
     scope: str = "",
+    tables: Collection[str] = (),
     tensor_of: TensorOf | None = None,
     on_clone: OnClone | None = None,
     work_device=None,
@@ -462,6 +547,8 @@ def quantize_module(
     """A new tree: Linear/Conv2d layers under ``scope`` quantized, every other module shallow-cloned.
 
     ``scope`` is a dotted module name ("" = the whole tree, "diffusion_model" = that subtree).
+    1x1 convolutions take the ``linear`` format (see ``_pointwise``). ``tables`` names Embedding
+    modules (token tables) to store in the ``linear`` format too.
     ``tensor_of(name, tensor, for_quantization)`` supplies the value to use for each parameter
     (``name`` relative to ``root``): the host can hand back unpatched or patched weights; default is
     the tensor as it is. ``on_clone(name, original, new)`` is called for every new module, so a host
@@ -486,7 +573,20 @@ def quantize_module(
             return None
         if is_quantized_layer(m):
             raise QuantizationError(f"layer {name} is already quantized: connect the model from before Quantize Model")
+        if name in tables:
+            if not isinstance(m, torch.nn.Embedding):
+                raise QuantizationError(f"{name} is a {type(m).__name__}, not a token table (Embedding)")
+            if linear == "none":
+                return None
+            _float_weight(name, m, m.weight)
+            if linear != "int8" and m.embedding_dim % BLOCKSIZE_4BIT:
+                report.skipped.append(f"{name}: width {m.embedding_dim} does not fit 4-bit blocks, kept as it was")
+                return None
+            return linear
         if isinstance(m, torch.nn.Linear) and linear != "none":
+            _float_weight(name, m, m.weight)
+            return linear
+        if isinstance(m, torch.nn.Conv2d) and linear != "none" and _pointwise(m):
             _float_weight(name, m, m.weight)
             return linear
         if isinstance(m, torch.nn.Conv2d) and conv != "none":
@@ -499,6 +599,9 @@ def quantize_module(
 
     # plan every layer first: anything that cannot be done fails before any quantization work
     plan = {id(m): target(name, m) for name, m in root.named_modules()}
+    missing = set(tables) - {name for name, _ in root.named_modules()}
+    if missing:
+        raise QuantizationError(f"no token table named {', '.join(sorted(missing))} in this model")
     memo: dict[int, torch.nn.Module] = {}
 
     def value(name: str, t: torch.Tensor | None, for_q: bool) -> torch.Tensor | None:
@@ -516,10 +619,13 @@ def quantize_module(
         p = f"{name}." if name else ""
         if fmt is not None:
             w = value(p + "weight", module.weight, True)
-            b = value(p + "bias", module.bias, True)
+            b = value(p + "bias", getattr(module, "bias", None), True)
             if isinstance(module, torch.nn.Linear):
                 new = quantized_linear(w, b, fmt, work_device=work_device, store_device=store_device)
                 kind = "Linear"
+            elif isinstance(module, torch.nn.Embedding):
+                new = quantized_embedding(w, fmt, work_device=work_device, store_device=store_device)
+                kind = "Embedding"
             else:
                 new = quantized_conv(module, w, b, fmt, work_device=work_device, store_device=store_device)
                 kind = "Conv2d"

@@ -50,6 +50,9 @@ class TrainSettings:
     puts: PUTSConfig | None = None
     subspace: SubspaceConfig | None = None
     prompt_templates: str = ""
+    # queries per UNet call: 2 is the batch a CFG sampler runs, so training peaks at sampling's
+    # memory; 0 = every query in one call (faster where memory is plentiful)
+    query_batch: int = 2
 
     def validate(self) -> list[str]:
         """Raise ValueError naming the first bad setting; return the parsed templates."""
@@ -62,6 +65,11 @@ class TrainSettings:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.queries < 1:
             raise ValueError(f"queries (n) must be at least 1, got {self.queries}; the paper uses 1 or 2")
+        if self.query_batch < 0:
+            raise ValueError(
+                f"query_batch must be 0 (all queries in one UNet call) or a batch size, got {self.query_batch}; "
+                "2 keeps training at sampling's memory"
+            )
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}; the paper uses 5e-3")
         if not self.perturbation > 0:

@@ -21,7 +21,7 @@ pytest.importorskip("bitsandbytes")
 def test_memory_benchmark_tiny_smoke(tmp_path):
     out = tmp_path / "memory.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "memory.py"), "--size", "tiny", "--precisions", "int8",
-           "--phases", "sample,train_chunked", "--steps", "1", "--out", str(out)]
+           "--phases", "sample,train", "--steps", "1", "--out", str(out)]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "| int8 |" in p.stdout, p.stdout
@@ -29,7 +29,7 @@ def test_memory_benchmark_tiny_smoke(tmp_path):
     data = json.loads(out.read_text())
     assert data["benchmark"] == "memory" and data["settings"]["size"] == "tiny" and not data["failed"]
     cases = {c["phase"]: c for c in data["cases"]}
-    assert set(cases) == {"sample", "train_chunked"}
+    assert set(cases) == {"sample", "train"}
     pids = set()
     for phase, c in cases.items():
         assert c["precision"] == "int8" and c["rss_peak"] >= c["rss_start"] > 0, phase
@@ -37,7 +37,7 @@ def test_memory_benchmark_tiny_smoke(tmp_path):
         pids.add(c["pid"])
     assert len(pids) == 2  # one process per case
     assert cases["sample"]["unet_batches"] == [2]  # cond + uncond
-    assert max(cases["train_chunked"]["unet_batches"]) <= 2  # n+1 = 3 queries in batches of at most 2
-    assert len(cases["train_chunked"]["loss"]) == 1
+    assert max(cases["train"]["unet_batches"]) <= 2  # n+1 = 3 queries in batches of at most 2
+    assert len(cases["train"]["loss"]) == 1
     (row,) = data["rows"]
-    assert row["precision"] == "int8" and 0.5 < row["train_chunked_over_sample"] < 2
+    assert row["precision"] == "int8" and 0.5 < row["train_over_sample"] < 2

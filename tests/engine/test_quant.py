@@ -53,11 +53,16 @@ def test_formats_replace_the_layers_and_stay_close_to_float(linear, conv, tol):
         assert isinstance(q[0], quant.QuantConv2d) and q[0].fmt == conv
     else:
         assert kinds["0"] is torch.nn.Conv2d
+    # the 1x1 convolution is a per-pixel Linear layer: it takes the Linear format
+    if linear != "none":
+        assert isinstance(q[2], quant.QuantConv2d) and q[2].fmt == linear
+    else:
+        assert isinstance(q[2], quant.QuantConv2d) and q[2].fmt == conv
     assert kinds["3"] is torch.nn.GroupNorm  # everything else is kept as it is
     with torch.no_grad():
         assert _rel(q(_x()), net(_x())) < tol
-    n_lin = 2 * (linear != "none")
-    n_conv = 2 * (conv != "none")
+    n_lin = 3 if linear != "none" else 0
+    n_conv = (1 if linear != "none" else 2) if conv != "none" else 0
     assert sum(report.layers.values()) == n_lin + n_conv
 
 
@@ -228,3 +233,55 @@ def test_probe_passes_on_cpu_and_names_the_format_when_a_device_cannot_run_it():
     quant.probe("int8", "nf4", "cpu")
     with pytest.raises(quant.QuantizationError, match=r"Linear nf4 does not work on meta"):
         quant.probe("nf4", "none", "meta")
+
+
+def _table(n: int = 300, d: int = 128, seed: int = 2) -> torch.nn.Embedding:
+    emb = torch.nn.Embedding(n, d)
+    with torch.no_grad():
+        emb.weight.copy_(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * 0.02)
+    return emb.requires_grad_(False)
+
+
+@pytest.mark.parametrize(("fmt", "tol", "ratio"), [("int8", 0.01, 0.26), ("nf4", 0.1, 0.15), ("fp4", 0.15, 0.15)])
+def test_token_tables_are_quantized_only_when_named_and_look_up_their_rows(fmt, tol, ratio):
+    root = torch.nn.Module()
+    root.token_embedding = _table()
+    root.position_embedding = _table(77, 128, seed=3)  # the host reads this one through .weight
+    root.proj = torch.nn.Linear(128, 128)
+    q, report = quant.quantize_module(root, fmt, "none", tables=["token_embedding"])
+    assert isinstance(q.token_embedding, quant.QuantEmbedding) and q.token_embedding.fmt == fmt
+    assert type(q.position_embedding) is torch.nn.Embedding  # not named: kept, and shared
+    assert q.position_embedding.weight.data_ptr() == root.position_embedding.weight.data_ptr()
+    assert report.layers[f"Embedding->{fmt}"] == 1
+    ids = torch.tensor([[0, 5, 299, 5], [17, 1, 2, 3]])
+    ref = root.token_embedding(ids)
+    out = q.token_embedding(ids, out_dtype=torch.float32)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert _rel(out, ref) < tol
+    assert torch.equal(out[0, 1], out[0, 3])  # a row dequantizes the same wherever it is read
+    assert q.token_embedding(ids).dtype == torch.float32  # without out_dtype: the table's own dtype
+    assert q.token_embedding(ids, out_dtype=torch.float16).dtype == torch.float16
+    assert q.token_embedding.embedding_dim == 128
+    assert quant.resident_bytes(q.token_embedding) <= ratio * 300 * 128 * 4
+
+
+def test_4bit_token_table_rows_equal_bitsandbytes_dequantization():
+    w = _table().weight.data
+    packed, qs = bnb.functional.quantize_4bit(w.contiguous(), blocksize=64, compress_statistics=False, quant_type="nf4")
+    want = bnb.functional.dequantize_4bit(packed, qs)
+    got = quant.quantized_embedding(w, "nf4")(torch.arange(w.shape[0]))
+    assert torch.equal(got, want)  # the same code values and blocks as nf4 Linear layers
+
+
+def test_bad_token_tables_are_refused_before_any_work():
+    root = torch.nn.Module()
+    root.token_embedding = _table()
+    root.proj = torch.nn.Linear(128, 128)
+    with pytest.raises(quant.QuantizationError, match="no token table named nope"):
+        quant.quantize_module(root, "int8", "none", tables=["nope"])
+    with pytest.raises(quant.QuantizationError, match="not a token table"):
+        quant.quantize_module(root, "int8", "none", tables=["proj"])
+    odd = torch.nn.Module()
+    odd.token_embedding = _table(10, 100)  # 100 is not a multiple of the 4-bit block
+    q, report = quant.quantize_module(odd, "nf4", "none", tables=["token_embedding"])
+    assert type(q.token_embedding) is torch.nn.Embedding and "4-bit blocks" in report.skipped[0]

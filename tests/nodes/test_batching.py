@@ -160,3 +160,29 @@ def test_progress_text_shows_loss_and_it_per_second(host, tiny_ckpt, photos):
     # the same run's loss output has the loss the text showed (to its 4 decimals)
     history = r.value("5", 2).loss
     assert float(found[-1].group(3)) == pytest.approx(history[-1], abs=1e-4)
+
+
+@pytest.mark.parametrize(("query_batch", "expected"), [(2, [2, 2, 1]), (0, [5]), (None, [2, 2, 1])],
+                         ids=["two", "all-at-once", "default"])
+def test_query_batch_caps_the_unet_batch_at_a_samplers(host, loaded, photos, query_batch, expected):
+    """Train Token's query_batch: n+1 = 5 queries go to the UNet in batches of at most 2 by default
+    (a CFG sampler's batch, so training peaks at sampling's memory), or all at once with 0."""
+    import nodes
+
+    training, settings_mod = _pack(host, "nodes.training"), _pack(host, "zoodip.settings")
+    model, clip, vae = loaded
+    images = nodes.NODE_CLASS_MAPPINGS["ZOODiPLoadImages"]().load(photos, 64)[0]
+    kw = {} if query_batch is None else {"query_batch": query_batch}
+    settings = settings_mod.TrainSettings(token_name="qb", init_word="dog", steps=1, queries=4,
+                                          prompt_templates="a photo of a {token}", **kw)
+    with torch.inference_mode():
+        run = training.prepare(model, clip, vae, images, settings)
+    with _session(host, run), _counting(run) as calls:
+        run.trainer.step()
+    assert calls["unet"] == expected and calls["text_encoder"] == expected
+
+
+def test_query_batch_below_zero_is_refused_before_any_work(host):
+    settings_mod = _pack(host, "zoodip.settings")
+    with pytest.raises(ValueError, match="query_batch must be 0"):
+        settings_mod.TrainSettings(token_name="qb", query_batch=-1).validate()

@@ -162,7 +162,10 @@ def test_input_model_and_clip_are_left_unchanged(host, loaded, int8_pair):
     assert qc.patcher.model is qc.cond_stage_model and qc.tokenizer is clip.tokenizer
     # the host's own size accounting sees the smaller weights
     assert qm.model_size() < 0.3 * model.model_size()
-    assert qc.patcher.model_size() < 0.7 * clip.patcher.model_size()  # fp16 token embeddings stay as they are
+    assert qc.patcher.model_size() < 0.55 * clip.patcher.model_size()  # fp16 -> int8, the token table too
+    te = qc.cond_stage_model.clip_l.transformer
+    assert isinstance(te.get_input_embeddings(), _pack(host, "zoodip.quant").QuantEmbedding)
+    assert type(te.text_model.embeddings.position_embedding).__name__ == "Embedding"  # read by .weight: kept
     # no CLIP connected: the CLIP output is empty; quantize_clip off: the input CLIP itself
     assert _quantize(model, "none", "none")[1] is None
     assert _quantize(model, "none", "none", clip, False)[1] is clip
@@ -238,10 +241,17 @@ def test_training_on_int8_model_and_clip(host, loaded, int8_pair, images, dequan
 
 def test_training_on_nf4_linear_and_int8_conv(host, loaded, images, dequantize_counter):
     model, clip, vae = loaded
-    qm, _ = _quantize(model, "nf4", "int8")
+    qm, qc = _quantize(model, "nf4", "int8", clip, True)
     kinds = {type(m).__name__ for m in qm.model.diffusion_model.modules()}
     assert {"Linear4bit", "QuantConv2d"} <= kinds and "Linear" not in kinds and "Conv2d" not in kinds
-    train_checked(qm, clip, vae, images)
+    assert qc.cond_stage_model.clip_l.transformer.get_input_embeddings().fmt == "nf4"
+    # the quantized CLIP's conditioning stays near the float one's (random weights over 12 layers
+    # amplify 4-bit rounding: ~0.3 here; wrong dequantization would be ~1.4)
+    tokens = clip.tokenize("a photo of a dog")
+    with torch.inference_mode():
+        ref, got = clip.encode_from_tokens(tokens), qc.encode_from_tokens(tokens)
+    assert 0 < float((got - ref).norm() / ref.norm()) < 0.5
+    train_checked(qm, qc, vae, images)
     assert dequantize_counter["calls"] > 0 and dequantize_counter["max_alive"] == 1
 
 
