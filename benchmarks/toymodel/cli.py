@@ -1,0 +1,68 @@
+"""Command line: build (train and cache) the toy checkpoint, install it, check it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.toymodel", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the toy model (cached; ~15 min for full on one CPU thread)")
+    b.add_argument("--size", choices=("full", "smoke"), default="full")
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--force", action="store_true", help="retrain even if cached")
+    b.add_argument(
+        "--install", metavar="CHECKPOINTS_DIR",
+        help="also copy the checkpoint into this folder (e.g. ComfyUI/models/checkpoints) as zoodip-toy-shapes.safetensors",
+    )
+    c = sub.add_parser("check", help="sample every caption with the host and classify the images")
+    c.add_argument("--size", choices=("full", "smoke"), default="full")
+    c.add_argument("--samples", type=int, default=16, help="images per caption")
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "toymodel_check.json"))
+    c.add_argument("--grid", default=str(ROOT / "benchmarks" / "results" / "toymodel_samples.png"))
+    a = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from devtools.host import HeadlessHost
+
+    from . import model
+
+    with HeadlessHost(load_pack=False) as host:
+        if a.cmd == "build":
+            path = model.checkpoint_path(a.size)
+            if a.force or not path.is_file():
+                model.build(a.size, path, _say)
+            else:
+                _say(f"cached: {path}")
+            if a.install:
+                dest = Path(a.install) / "zoodip-toy-shapes.safetensors"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, dest)
+                _say(f"installed {dest}")
+            print(json.dumps(model.info(path), indent=1))
+        else:
+            from . import check
+
+            result = check.run(host, model.cached(a.size, _say), a.samples, Path(a.out), Path(a.grid), _say, smoke=a.size == "smoke")
+            print(check.table(result))
+    return 0

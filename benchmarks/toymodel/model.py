@@ -1,0 +1,267 @@
+"""Build and train the toy SD1.5-family checkpoint, through the host's own classes.
+
+- UNet: the host's UNetModel in the smallest SD1.5 layout its detection accepts (320 channels,
+  768-wide context, one level, one res block, depth-1 attention) without the middle block;
+  trained here on 8x8 latents (32x32 px), eps-prediction on the SD1.5 schedule, by calling the
+  host's own ``BaseModel.apply_model`` (so training sees exactly what sampling will).
+- Text encoder: the host's full-size CLIP-L (the host always builds that for SD1.5) with the
+  seeded random weights of devtools.assets, frozen. A random transformer is still a fixed,
+  deterministic function of the caption: the UNet learns to read its output. The captions are
+  encoded once, by the host's CLIP object loaded from the same file, so the conditioning at
+  training is bit-for-bit what CLIPTextEncode gives at sampling.
+- VAE: the host's AutoencoderKL (x4 layout) with constructed weights (benchmarks/toymodel/vae.py).
+
+The checkpoint is cached outside the repository (``$ZOODIP_TOYMODEL_CACHE``, else
+``~/.cache/zoodip/toymodel``), named by a hash of the settings; ~420 MB, mostly CLIP-L.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import data, vae
+
+# Bump when the data, the VAE construction or the training changes: it is part of the cache key.
+VERSION = "1"
+UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+VAE_PREFIX = "first_stage_model."
+
+UNET_CONFIG: dict[str, Any] = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "num_heads": 8,
+    "num_head_channels": -1,
+    "num_res_blocks": [1],
+    "channel_mult": [1],
+    "transformer_depth": [1],
+    "transformer_depth_output": [1, 1],
+    "transformer_depth_middle": -2,  # no middle block: 30% less compute, still detected as SD15
+}
+
+# px: image side; per_concept: training images of each of the 13 concepts; steps/batch/lr: AdamW
+# with linear warm-up and cosine decay; seed: data, init and every draw of the training.
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"px": 32, "per_concept": 96, "steps": 900, "batch": 16, "lr": 6e-4, "warmup": 50, "seed": 0},
+    "smoke": {"px": 32, "per_concept": 2, "steps": 2, "batch": 4, "lr": 1e-3, "warmup": 1, "seed": 0},
+}
+
+log = logging.getLogger("zoodip.toymodel")
+
+
+def settings_for(size: str, **overrides: Any) -> dict[str, Any]:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    s = {**SIZES[size], **overrides}
+    unknown = set(s) - set(SIZES["full"])
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}")
+    return s
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    blob = json.dumps({"settings": settings, "version": VERSION, "unet": UNET_CONFIG}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("ZOODIP_TOYMODEL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "zoodip" / "toymodel"
+
+
+def checkpoint_path(size: str, settings: dict[str, Any] | None = None) -> Path:
+    settings = settings or settings_for(size)
+    return cache_dir() / f"zoodip-toy-{size}-{settings_key(settings)}.safetensors"
+
+
+# --- initial tensors --------------------------------------------------------------------------
+
+def _initial_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random UNet (fp32) and CLIP-L (fp16), constructed VAE (fp16), LDM key layout."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from devtools import assets
+
+    sd: dict[str, torch.Tensor] = {}
+    with torch.device("meta"):
+        unet = UNetModel(**UNET_CONFIG, operations=comfy.ops.disable_weight_init)
+    for k, v in assets._iter_tensors(UNET_PREFIX, unet, seed):
+        sd[k] = v.contiguous()
+    # zero last conv, as SD's training starts: the first prediction is eps_hat = 0 (loss 1), not noise
+    sd[UNET_PREFIX + "out.2.weight"].zero_()
+    clip = assets._meta_clip(assets._host_clip_config("sd1_clip_config.json"))
+    for k, v in assets._iter_tensors(CLIP_PREFIX, clip, seed):
+        sd[k] = v.to(torch.float16).contiguous()
+    sd[CLIP_PREFIX + "text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
+    for k, v in vae.build_state_dict().items():
+        sd[VAE_PREFIX + k] = v.to(torch.float16).contiguous()
+    return sd
+
+
+def _write(path: Path, sd: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+    from devtools import assets
+
+    return assets._write_checkpoint(path, sd, {"format": "pt", **meta})
+
+
+def load(path: str | os.PathLike[str]) -> tuple[Any, Any, Any]:
+    """(MODEL, CLIP, VAE) by the host's checkpoint loader (what CheckpointLoaderSimple calls)."""
+    import comfy.sd
+
+    out = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True, embedding_directory=None)
+    return out[0], out[1], out[2]
+
+
+def encode_captions(clip: Any, captions: list[str]) -> dict[str, torch.Tensor]:
+    """Caption -> (77, 768) conditioning, as CLIPTextEncode computes it."""
+    out = {}
+    with torch.no_grad():
+        for c in captions:
+            out[c] = clip.encode_from_tokens(clip.tokenize(c)).float()[0]
+    return out
+
+
+def encode_images(model: Any, vae_obj: Any, images: np.ndarray) -> torch.Tensor:
+    """uint8 N,H,W,3 -> model-space latents (VAE encode, then the model's latent scaling)."""
+    with torch.no_grad():
+        x = torch.from_numpy(images.astype(np.float32) / 255.0)
+        z = vae_obj.encode(x)
+        return model.model.process_latent_in(z).float()
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def train_unet(
+    model: Any,
+    latents: torch.Tensor,
+    concepts: np.ndarray,
+    conds: dict[str, torch.Tensor],
+    settings: dict[str, Any],
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Denoising training of the host model's UNet in place; returns a log."""
+    base = model.model
+    unet = base.diffusion_model
+    sampling = base.model_sampling
+    unet.train()
+    for p in unet.parameters():
+        p.requires_grad_(True)
+    params = [p for p in unet.parameters()]
+    opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=0.0)
+    steps, batch, warm = settings["steps"], settings["batch"], settings["warmup"]
+    rng = np.random.default_rng([settings["seed"], 7])
+    gen = torch.Generator().manual_seed(settings["seed"] + 11)
+    n = latents.shape[0]
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for k in range(steps):
+        lr = settings["lr"] * min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = rng.integers(0, n, batch)
+        caps = data.sample_captions(concepts[idx], rng)
+        ctx = torch.stack([conds[c] for c in caps])
+        x0 = latents[torch.from_numpy(idx)]
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        sigma = sampling.sigmas[t].float()
+        eps = torch.randn(x0.shape, generator=gen)
+        x = sampling.noise_scaling(sigma, eps, x0)
+        with torch.enable_grad():
+            denoised = base.apply_model(x, sigma, c_crossattn=ctx)
+            eps_hat = (x - denoised) / sigma.view(-1, 1, 1, 1)
+            loss = torch.nn.functional.mse_loss(eps_hat, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        losses.append(float(loss))
+        if (k + 1) % 50 == 0 or k + 1 == steps:
+            el = time.perf_counter() - t0
+            say(f"step {k + 1}/{steps}: loss {np.mean(losses[-50:]):.4f}  lr {lr:.2e}  {el:.0f}s")
+    unet.eval()
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    return {"seconds": time.perf_counter() - t0, "loss_first50": float(np.mean(losses[:50])), "loss_last50": float(np.mean(losses[-50:])), "losses": losses}
+
+
+def build(size: str = "full", out: Path | None = None, say: Callable[[str], None] = print, **overrides: Any) -> Path:
+    """Train the toy model and write its checkpoint (needs the host imported, e.g. in a HeadlessHost)."""
+    settings = settings_for(size, **overrides)
+    path = Path(out) if out is not None else checkpoint_path(size, settings)
+    t_all = time.perf_counter()
+    torch.manual_seed(settings["seed"])
+    say(f"building initial tensors (seed {settings['seed']})")
+    sd = _initial_state_dict(settings["seed"])
+    tmp = path.with_name(f".init.{os.getpid()}.{path.name}")  # the host picks the reader by suffix
+    try:
+        _write(tmp, sd, {})
+        model, clip, vae_obj = load(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model])
+    say(f"host detected {type(model.model.model_config).__name__}; encoding captions and images")
+    conds = encode_captions(clip, data.all_captions())
+    ds = data.make_set(settings["per_concept"], settings["px"], settings["seed"])
+    latents = encode_images(model, vae_obj, ds.images)
+    say(f"{len(ds)} images, {len(conds)} captions, latents {tuple(latents.shape[1:])}; training {settings['steps']} steps")
+    result = train_unet(model, latents, ds.concept, conds, settings, say)
+    for k, v in model.model.diffusion_model.state_dict().items():
+        sd[UNET_PREFIX + k] = v.detach().float().cpu().contiguous()
+    info = {
+        "settings": settings,
+        "version": VERSION,
+        "train_seconds": round(result["seconds"], 1),
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "loss_first50": result["loss_first50"],
+        "loss_last50": result["loss_last50"],
+        "held_out": " ".join(data.HELD_OUT),
+        "torch_threads": torch.get_num_threads(),
+    }
+    _write(path, sd, {"zoodip.toymodel": json.dumps(info, sort_keys=True)})
+    path.with_suffix(".json").write_text(json.dumps({**info, "losses": result["losses"]}, indent=1))
+    say(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB); training {result['seconds']:.0f}s")
+    return path
+
+
+def info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The build record stored in the checkpoint's header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta.get("zoodip.toymodel", "{}"))
+
+
+def cached(size: str = "full", say: Callable[[str], None] = print, **overrides: Any) -> Path:
+    """The cached checkpoint of these settings, trained on first use."""
+    settings = settings_for(size, **overrides)
+    path = checkpoint_path(size, settings)
+    if not path.is_file():
+        build(size, path, say, **overrides)
+    return path
