@@ -20,6 +20,8 @@ from . import classifier, data, model
 
 SAMPLER = {"steps": 20, "cfg": 4.0, "sampler": "euler", "scheduler": "normal"}
 TARGET = 0.9
+# classifier training size per toy size (smoke: just enough to run every path)
+CLASSIFIER = {"full": {"per_concept": 32, "steps": 1500}, "smoke": {"per_concept": 4, "steps": 30}}
 
 
 def sample(model_obj: Any, clip: Any, vae: Any, text: str, n: int, seed: int, *, steps: int = 20,
@@ -66,14 +68,15 @@ def load_in_host(host: Any, ckpt: Path, name: str = "zoodip-toy.safetensors") ->
 
 
 def run(host: Any, ckpt: Path, samples: int, out: Path | None, grid_path: Path | None,
-        say: Callable[[str], None] = print, smoke: bool = False) -> dict[str, Any]:
+        say: Callable[[str], None] = print, smoke: bool = False, cfg: float | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     model_obj, clip, vae = load_in_host(host, ckpt)
     build = model.info(ckpt)
     say("training the classifier on the synthetic set (VAE round trip)")
-    clf = classifier.train(vae, per_concept=4 if smoke else 48, steps=30 if smoke else 400)
+    clf = classifier.cached(vae, Path(ckpt).name, **CLASSIFIER["smoke" if smoke else "full"])
     say(f"classifier test accuracy {clf.test_accuracy}")
     steps = 4 if smoke else SAMPLER["steps"]
+    cfg = SAMPLER["cfg"] if cfg is None else cfg
     rows, per_caption = [], {}
     prompts = [(data.caption(c, s), (c, s), "trained") for c, s in data.TRAINED]
     prompts += [(data.caption(*data.HELD_OUT), data.HELD_OUT, "held_out_words"),
@@ -81,7 +84,7 @@ def run(host: Any, ckpt: Path, samples: int, out: Path | None, grid_path: Path |
                 (data.GENERIC[0], data.HELD_OUT, "generic")]
     with torch.inference_mode():
         for i, (text, concept, kind) in enumerate(prompts):
-            imgs = sample(model_obj, clip, vae, text, samples, seed=100 + i, steps=steps, cfg=SAMPLER["cfg"])
+            imgs = sample(model_obj, clip, vae, text, samples, seed=100 + i, steps=steps, cfg=cfg)
             pc, ps = clf.predict(imgs)
             hit = (pc == data.COLOUR_NAMES.index(concept[0])) & (ps == data.SHAPES.index(concept[1]))
             seen = {f"{data.COLOUR_NAMES[c]} {data.SHAPES[s]}": int(((pc == c) & (ps == s)).sum())
@@ -96,7 +99,7 @@ def run(host: Any, ckpt: Path, samples: int, out: Path | None, grid_path: Path |
     result = {
         "checkpoint": Path(ckpt).name,
         "build": build,
-        "sampler": {**SAMPLER, "steps": steps},
+        "sampler": {**SAMPLER, "steps": steps, "cfg": cfg},
         "samples_per_caption": samples,
         "classifier_test_accuracy": clf.test_accuracy,
         "trained_mean_accuracy": float(np.mean(trained)),

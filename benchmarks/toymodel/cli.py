@@ -19,6 +19,33 @@ def _say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def install(path: Path, comfyui: Path) -> None:
+    """Copy the checkpoint and write the concept photos where the toy workflow expects them."""
+    from . import workflow
+
+    dest = comfyui / "models" / "checkpoints" / workflow.CKPT
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    _say(f"installed {dest}")
+    install_photos(comfyui)
+
+
+def install_photos(comfyui: Path) -> Path:
+    """4 photos (64 px) of the held-out concept in <comfyui>/input/toy-purple-cross/."""
+    from PIL import Image
+
+    from . import data, workflow
+
+    photos = comfyui / "input" / workflow.FOLDER
+    photos.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(data.make_set(4, 64, 2000, concepts=(data.HELD_OUT,)).images):
+        Image.fromarray(img).save(photos / f"{i:02d}.png")
+    _say(f"wrote 4 photos of the held-out concept ({' '.join(data.HELD_OUT)}) to {photos}")
+    return photos
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.toymodel", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -27,13 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--force", action="store_true", help="retrain even if cached")
     b.add_argument(
-        "--install", metavar="CHECKPOINTS_DIR",
-        help="also copy the checkpoint into this folder (e.g. ComfyUI/models/checkpoints) as zoodip-toy-shapes.safetensors",
+        "--comfyui", metavar="COMFYUI_DIR",
+        help="also install into this ComfyUI: models/checkpoints/zoodip-toy-shapes.safetensors and "
+        "input/toy-purple-cross/ (4 photos of the held-out concept), what workflows/train_token_toy.json loads",
     )
     c = sub.add_parser("check", help="sample every caption with the host and classify the images")
     c.add_argument("--size", choices=("full", "smoke"), default="full")
     c.add_argument("--samples", type=int, default=16, help="images per caption")
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 4)")
     c.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "toymodel_check.json"))
     c.add_argument("--grid", default=str(ROOT / "benchmarks" / "results" / "toymodel_samples.png"))
     a = p.parse_args(argv)
@@ -52,17 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                 model.build(a.size, path, _say)
             else:
                 _say(f"cached: {path}")
-            if a.install:
-                dest = Path(a.install) / "zoodip-toy-shapes.safetensors"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, dest)
-                _say(f"installed {dest}")
+            if a.comfyui:
+                install(path, Path(a.comfyui))
             print(json.dumps(model.info(path), indent=1))
         else:
             from . import check
 
-            result = check.run(host, model.cached(a.size, _say), a.samples, Path(a.out), Path(a.grid), _say, smoke=a.size == "smoke")
+            result = check.run(host, model.cached(a.size, _say), a.samples, Path(a.out), Path(a.grid), _say, smoke=a.size == "smoke", cfg=a.cfg)
             print(check.table(result))
     return 0

@@ -74,3 +74,41 @@ def test_classifier_beats_chance_on_smoke_data(toy):
     clf = classifier.train(vae, per_concept=6, steps=60, seed=1000)
     # 20 colour x shape combinations; 13 occur: chance for both right is <= 1/13
     assert clf.test_accuracy["both"] > 0.2, clf.test_accuracy
+
+
+def test_toy_workflow_runs_on_the_toy_checkpoint(host, toy):
+    """workflows/train_token_toy.json, as installed by `build --comfyui`, with the smoke model."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.toymodel import cli, workflow
+    from devtools.host import load_api_workflow
+    from devtools.workflows import ui_to_api
+
+    path, _ = toy
+    wf = Path(workflow.ROOT) / "workflows"
+    assert json.loads((wf / "train_token_toy.json").read_text()) == workflow.make()  # the shipped file is the generated one
+    api = load_api_workflow(wf / "api" / "train_token_toy.api.json")
+    assert api == ui_to_api(workflow.make(), host.node_class_mappings)
+    # install into the test host's tree the way a user installs into ComfyUI
+    link = host.model_dir("checkpoints") / workflow.CKPT
+    if not link.exists():
+        link.symlink_to(path)
+    (host.base / "input").mkdir(exist_ok=True)
+    cli.install_photos(host.base)
+    by_type = {v["class_type"]: k for k, v in api.items()}
+    train = api[by_type["ZOODiPTrainToken"]]["inputs"]
+    train.update(steps=4, held_out_every=2, preview_every=2, token_name="toy-wf")
+    api[by_type["SubspaceProjector"]]["inputs"]["tau"] = 2
+    api[by_type["ZOODiPSaveEmbedding"]]["inputs"].update(filename="toy-wf", overwrite=True)
+    for node in api.values():
+        if node["class_type"] == "CLIPTextEncode":
+            node["inputs"]["text"] = node["inputs"]["text"].replace(f"embedding:{workflow.TOKEN}", "embedding:toy-wf")
+    api[by_type["KSampler"]]["inputs"]["steps"] = 2
+    r = host.run_prompt(api)
+    assert r.ok, r.errors
+    assert (host.model_dir("embeddings") / "toy-wf.safetensors").is_file()
+    previews = r.value(by_type["ZOODiPTrainToken"], 3)
+    assert previews.shape == (2, 32, 32, 3)  # two previews at the toy model's 32 px
+    images = r.value(by_type["VAEDecode"], 0)
+    assert images.shape == (4, 32, 32, 3)

@@ -16,7 +16,7 @@ UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 
 
 def test_there_are_shipped_workflows():
-    assert [p.name for p in UI_FILES] == ["train_token.json", "train_token_sdxl.json"]
+    assert [p.name for p in UI_FILES] == ["train_token.json", "train_token_sdxl.json", "train_token_toy.json"]
 
 
 @pytest.mark.parametrize("ui_path", UI_FILES, ids=lambda p: p.name)

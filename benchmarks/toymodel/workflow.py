@@ -1,0 +1,79 @@
+"""The shipped toy workflow (workflows/train_token_toy.json), derived from train_token.json.
+
+It trains a token on the toy model's held-out concept with previews, then samples with it:
+Load Checkpoint (zoodip-toy-shapes.safetensors) -> Load Training Images (toy-purple-cross, 64 px,
+the node's minimum) -> ImageScale to 32 px (what the toy model was trained at) -> Train Token
+(init word "shape", the toy captions' templates, previews every 100 steps) -> Save Embedding, and
+a KSampler on "a photo of a embedding:toy-cross" (Empty Latent 64x64: the toy VAE is x4, so that
+is an 8x8 latent and a 32x32 image). ``python -m benchmarks.toymodel build --comfyui DIR``
+puts the checkpoint and the photos where this workflow looks for them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CKPT = "zoodip-toy-shapes.safetensors"
+FOLDER = "toy-purple-cross"
+TOKEN = "toy-cross"
+TEMPLATES = "a photo of a {token}\na {token}"
+
+
+def make(src: Path = ROOT / "workflows" / "train_token.json") -> dict[str, Any]:
+    wf = copy.deepcopy(json.loads(src.read_text()))
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    by_type = {n["type"]: n for n in wf["nodes"]}
+    by_type["CheckpointLoaderSimple"]["widgets_values"] = [CKPT]
+    by_type["ZOODiPLoadImages"]["widgets_values"] = [FOLDER, 64]
+    train = by_type["ZOODiPTrainToken"]
+    v = train["widgets_values"]
+    # name, init word, vectors, steps, lr, queries, mu, seed, control, templates, two_sided,
+    # held_out_every, save_every, preview_every, preview_prompt (the node's widget order)
+    v[0], v[1], v[3], v[9] = TOKEN, "shape", 1500, TEMPLATES
+    v[11], v[12], v[13], v[14] = 100, 0, 100, "a photo of a {token}"
+    by_type["SubspaceProjector"]["widgets_values"] = [32, 0.001]
+    by_type["ZOODiPSaveEmbedding"]["widgets_values"] = [TOKEN, False]
+    enc = [n for n in wf["nodes"] if n["type"] == "CLIPTextEncode"]
+    enc[0]["widgets_values"] = [f"a photo of a embedding:{TOKEN}"]
+    enc[1]["widgets_values"] = [""]
+    by_type["EmptyLatentImage"]["widgets_values"] = [64, 64, 4]
+    ks = by_type["KSampler"]["widgets_values"]
+    ks[2], ks[3] = 20, 4.0
+    by_type["SaveImage"]["widgets_values"] = [f"zoodip/{TOKEN}"]
+
+    # ImageScale between Load Training Images and Train Token (images link 4)
+    new_id = max(nodes) + 1
+    link_id = wf["last_link_id"] + 1
+    load = by_type["ZOODiPLoadImages"]
+    scale = {
+        "id": new_id, "type": "ImageScale", "pos": [load["pos"][0], load["pos"][1] + 140], "size": [300, 130],
+        "flags": {}, "order": load.get("order", 0), "mode": 0,
+        "inputs": [{"name": "image", "type": "IMAGE", "link": 4}],
+        "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [link_id], "slot_index": 0}],
+        "properties": {"Node name for S&R": "ImageScale"},
+        "widgets_values": ["area", 32, 32, "disabled"],
+        "title": "Scale to 32 px (the toy model's size)",
+    }
+    for link in wf["links"]:
+        if link[0] == 4:  # load -> scale
+            link[3], link[4] = new_id, 0
+    wf["links"].append([link_id, new_id, 0, train["id"], 3, "IMAGE"])
+    for inp in train["inputs"]:
+        if inp["name"] == "images":
+            inp["link"] = link_id
+    wf["nodes"].append(scale)
+    wf["last_node_id"], wf["last_link_id"] = new_id, link_id
+    return wf
+
+
+def write(out: Path = ROOT / "workflows" / "train_token_toy.json") -> Path:
+    out.write_text(json.dumps(make(), indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    print(write())
