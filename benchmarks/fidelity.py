@@ -260,7 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--from-partial", metavar="JSON", help="summarize an interrupted run's .partial.json (no sampling, no grid)")
     a = p.parse_args(argv)
+    if a.from_partial:
+        part = Path(a.from_partial)
+        result = json.loads(part.read_text())
+        result["summary"] = summarize(result)
+        result["partial"] = True  # some methods or seeds may be missing
+        out = part.with_name(part.name.replace(".partial.json", ".json"))
+        out.write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(table(result) + "\n")
+        print(table(result))
+        return 0
     import torch
 
     torch.set_num_threads(a.threads)
