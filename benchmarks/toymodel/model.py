@@ -64,7 +64,7 @@ UNET_CONFIG: dict[str, Any] = {
 # px: image side; per_concept: training images of each of the 13 concepts; steps/batch/lr: AdamW
 # with linear warm-up and cosine decay; seed: data, init and every draw of the training.
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"px": 32, "per_concept": 96, "steps": 900, "batch": 16, "lr": 6e-4, "warmup": 50, "seed": 0},
+    "full": {"px": 32, "per_concept": 96, "steps": 1800, "batch": 16, "lr": 1e-3, "warmup": 50, "seed": 0},
     "smoke": {"px": 32, "per_concept": 2, "steps": 2, "batch": 4, "lr": 1e-3, "warmup": 1, "seed": 0},
 }
 
