@@ -138,6 +138,20 @@ class _WeightOnly(_HostProtocol):
         return y
 
 
+class _LinearOp(_WeightOnly):
+    """The op of a quantized Linear layer: y = x W^T, and its input gradient."""
+
+    _bias_dims = 0
+
+    @staticmethod
+    def _op(x, w):
+        return F.linear(x, w)
+
+    @staticmethod
+    def _input_grad(grad, w, x_shape):
+        return grad @ w
+
+
 # --- 4-bit helpers (bitsandbytes blocks) ---
 
 def _quant_state_on(qs, device: torch.device):
@@ -172,7 +186,7 @@ def _int8_rows(w: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, tor
 def _make_int8_linear():
     bnb = bitsandbytes()
 
-    class Int8Linear(_WeightOnly, bnb.nn.Linear8bitLt):
+    class Int8Linear(_LinearOp, bnb.nn.Linear8bitLt):
         """bitsandbytes ``Linear8bitLt(has_fp16_weights=False)`` with a weight-only forward.
 
         The int8 rows are the ``weight`` (an ``Int8Params``); their absmax is the ``SCB`` buffer,
@@ -180,19 +194,9 @@ def _make_int8_linear():
         bitsandbytes uses.
         """
 
-        _bias_dims = 0
-
         def dequantized(self, dtype, device) -> torch.Tensor:
             scale = (_on(self.SCB, device) * (1.0 / 127.0)).to(dtype)
             return _on(self.weight.data, device).to(dtype).mul_(scale.unsqueeze(1))
-
-        @staticmethod
-        def _op(x, w):
-            return F.linear(x, w)
-
-        @staticmethod
-        def _input_grad(grad, w, x_shape):
-            return grad @ w
 
         def _save_to_state_dict(self, destination, prefix, keep_vars):
             torch.nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
@@ -211,21 +215,11 @@ def _make_int8_linear():
 def _make_linear_4bit():
     bnb = bitsandbytes()
 
-    class Linear4bit(_WeightOnly, bnb.nn.Linear4bit):
+    class Linear4bit(_LinearOp, bnb.nn.Linear4bit):
         """bitsandbytes ``Linear4bit`` (nf4 or fp4), dequantized per call into the input's dtype."""
-
-        _bias_dims = 0
 
         def dequantized(self, dtype, device) -> torch.Tensor:
             return _dequantize_4bit(self.weight.data, self.quant_state, dtype, device)
-
-        @staticmethod
-        def _op(x, w):
-            return F.linear(x, w)
-
-        @staticmethod
-        def _input_grad(grad, w, x_shape):
-            return grad @ w
 
         def _save_to_state_dict(self, destination, prefix, keep_vars):
             torch.nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
