@@ -20,18 +20,10 @@ from typing import Any
 
 import torch
 
-DDCONFIG: dict[str, Any] = {
-    "double_z": True,
-    "z_channels": 4,
-    "resolution": 256,
-    "in_channels": 3,
-    "out_ch": 3,
-    "ch": 128,
-    "ch_mult": [1, 2, 4],  # no down.2.downsample: the host reads this as a x4 VAE
-    "num_res_blocks": 2,
-    "attn_resolutions": [],
-    "dropout": 0.0,
-}
+from devtools import assets
+
+# the host's SD VAE config with one level fewer (no down.2.downsample: the host reads it as x4)
+DDCONFIG: dict[str, Any] = {**assets.VAE_DDCONFIG, "ch_mult": [1, 2, 4]}
 EMBED_DIM = 4
 SCALE = 8.0  # latent = SCALE * (pixel - 1) in [-1,1] pixel space; x 0.18215 ~ unit scale in model space
 K = 100.0  # the constant channels' value
