@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.speed import FirstOrderTI, _pack, machine_info  # noqa: E402  -- after the path fix
+from benchmarks.speed import FirstOrderTI, _pack, machine_info, write_json  # noqa: E402  -- after the path fix
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "convergence.json"
 TEMPLATE = "a photo of a {token}"
@@ -659,10 +659,7 @@ def run(cfg: dict[str, Any], out: Path | None, plot_path: Path | None, *, thread
         plot(result, plot_path)
         result["plot"] = str(plot_path.relative_to(ROOT)) if plot_path.is_relative_to(ROOT) else str(plot_path)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        write_json(out, result)
     return result
 
 

@@ -535,11 +535,16 @@ def run(sizes: list[str], repeats: int | None, out: Path | None, *, device: str 
         result["load_average_end"] = list(os.getloadavg())
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        write_json(out, result)
     return result
+
+
+def write_json(out: Path, result: dict[str, Any]) -> None:
+    """Write the result file whole or not at all (a temp file renamed over it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> int:
