@@ -9,17 +9,24 @@ From 4 images of it, a one-vector token is trained through the pack's own traini
 - ``ti``: first-order textual inversion (backprop to the token through the host's text encoder and
   UNet, Adam), on the same loss object and the same per-step draws,
 
-at an equal budget of forward passes (ZO: n+1 per step; TI: 1 per step, its backward is extra,
-so TI gets n+1 times as many steps), for several seeds. Each token is judged by
+at an equal budget of forward-pass equivalents (ZO: n+1 per step; TI: 3 per step, its backward
+costing about two forwards, as in benchmarks/convergence.py), for several seeds; ``ti_steps`` is
+TI with one step per ZO forward pass (3x the compute, the accounting of an earlier version). The
+token starts from an init word the model already knows but that draws no purple cross ("object"
+by default; the class word "shape" already draws one most of the time, see --init-word). With
+``--ablations`` the paper's ablations run instead: one setting of ZOODiP varied at a time (PUTS
+band, tau, nu, n, mu). Each token is judged by
 
 - the classifier (benchmarks/toymodel/classifier.py): share of images sampled with
   "a photo of a <token>" that show a purple cross;
 - the held-out denoising loss on 8 *other* purple-cross images (fixed draws over all timesteps)
   with the token, against the concept's own words, the init word's caption and a wrong caption.
 
-    python benchmarks/fidelity.py [--size full|smoke] [--budget 600] [--seeds 0,1,2] [--methods ...]
+    python benchmarks/fidelity.py [--size full|smoke] [--budget 300] [--seeds 0,1,2] [--methods ...]
+    python benchmarks/fidelity.py --ablations puts_band,tau,nu,n,mu
 
-Writes benchmarks/results/fidelity.json, fidelity.md and fidelity_samples.png.
+Writes benchmarks/results/fidelity.json, fidelity.md and fidelity_samples.png (ablations:
+fidelity_ablations.json, .md and .png).
 """
 
 from __future__ import annotations
@@ -39,24 +46,81 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-METHODS = ("zoodip", "vanilla", "ti", "sg", "puts")  # the headline comparison first
-LABELS = {"zoodip": "ZOODiP (SG+PUTS)", "sg": "ZO +SG", "puts": "ZO +PUTS", "vanilla": "ZO vanilla", "ti": "first-order TI"}
+METHODS = ("zoodip", "vanilla", "ti", "sg", "puts", "ti_steps")  # the headline comparison first
+LABELS = {
+    "zoodip": "ZOODiP (SG+PUTS)",
+    "sg": "ZO +SG",
+    "puts": "ZO +PUTS",
+    "vanilla": "ZO vanilla",
+    "ti": "first-order TI",
+    "ti_steps": "first-order TI, 3x compute",
+}
 TEMPLATES = "a photo of a {token}\na {token}"
 PROMPT = "a photo of a {token}"
-INIT_WORD = "shape"  # the class word of this toy world (its generic caption is "a shape")
+# The token's start: a word the model knows (a trained caption never uses it, so the random CLIP
+# maps it somewhere neutral) that draws no purple cross. The toy world's class word "shape" would
+# be the paper's choice, but its generic caption is what the held-out images were captioned with,
+# so it already draws the concept (~75%) and would leave nothing to learn.
+INIT_WORD = "object"
 WRONG = "a photo of a red circle"
+TI_COST = 3  # forward-pass equivalents of one first-order step (forward + backward ~ 2 forwards)
 
 # size -> toy checkpoint, budget (forward passes), seeds, samples per token, sampler steps, eval draws
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"budget": 300, "seeds": [0, 1, 2], "samples": 16, "sampler_steps": 20, "draws": 32,
-             "refs": 4, "held_out_images": 8},
-    "smoke": {"budget": 6, "seeds": [0, 1], "samples": 2, "sampler_steps": 2, "draws": 2,
-              "refs": 3, "held_out_images": 2},
+    "full": {"budget": 300, "seeds": [0, 1, 2], "samples": 16, "sampler_steps": 20, "draws": 32, "refs": 4, "held_out_images": 8},
+    "smoke": {"budget": 6, "seeds": [0, 1], "samples": 2, "sampler_steps": 2, "draws": 2, "refs": 3, "held_out_images": 2},
 }
 # the engine's settings for every ZO method (the paper's SD1.5 values; tau is shortened so SG
 # acts several times within the short budget)
 ZO = {"queries": 2, "perturbation": 1e-3, "learning_rate": 5e-3, "tau": 32, "nu": 1e-3, "puts": (500, 900)}
 TI_LR = 5e-3
+# the paper's ablations: one ZOODiP (SG+PUTS) setting varied at a time, the others as in ZO
+ABLATIONS: dict[str, tuple[str, list[Any]]] = {
+    "puts_band": ("puts", [(0, 1000), (250, 750), (500, 900), (700, 1000)]),
+    "tau": ("tau", [8, 16, 32, 64]),
+    "nu": ("nu", [1e-4, 1e-3, 1e-2, 1e-1]),
+    "n": ("queries", [1, 2, 4]),
+    "mu": ("perturbation", [1e-4, 1e-3, 1e-2]),
+}
+
+
+def method_config(method: str, **override: Any) -> dict[str, Any]:
+    """What one run trains with: the method's switches on top of ZO, then the overrides."""
+    cfg = {"method": method, **ZO}
+    if method not in ("zoodip", "puts"):
+        cfg["puts"] = None
+    if method not in ("zoodip", "sg"):
+        cfg["tau"] = cfg["nu"] = None
+    cfg.update(override)
+    return cfg
+
+
+def variant_key(param: str, value: Any) -> str:
+    return f"{param}={value[0]}-{value[1]}" if isinstance(value, (tuple, list)) else f"{param}={value:g}"
+
+
+def plan(methods: list[str], ablations: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(variant key, config) for each run group; an ablation's default is run once as "zoodip"."""
+    if not ablations:
+        return [(m, method_config(m)) for m in methods]
+    out = [("zoodip", method_config("zoodip"))]
+    for name in ablations:
+        param, values = ABLATIONS[name]
+        for v in values:
+            cfg = method_config("zoodip", **{param: tuple(v) if isinstance(v, list) else v})
+            if cfg != out[0][1]:
+                out.append((variant_key(param, v), cfg))
+    return out
+
+
+def steps_for(cfg: dict[str, Any], budget: int) -> int:
+    per_step = TI_COST if cfg["method"] == "ti" else 1 if cfg["method"] == "ti_steps" else cfg["queries"] + 1
+    if budget % per_step:
+        raise ValueError(
+            f"the budget ({budget}) must be a multiple of {per_step}, the forward passes of one "
+            f"{cfg['method']} step with n={cfg['queries']}; try --budget 300"
+        )
+    return budget // per_step
 
 
 def _pack(session) -> dict[str, Any]:
@@ -87,8 +151,17 @@ class CaptionEncoder:
         return {"cross_attn": self.z.expand(b, *self.z.shape[1:]), "pooled_output": pooled}
 
 
-def run(size: str, budget: int | None, seeds: list[int] | None, methods: list[str], out_dir: Path | None,
-        say: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    size: str,
+    budget: int | None,
+    seeds: list[int] | None,
+    methods: list[str],
+    out_dir: Path | None,
+    say: Callable[[str], None] = print,
+    *,
+    ablations: list[str] | None = None,
+    init_word: str = INIT_WORD,
+) -> dict[str, Any]:
     import torch
 
     from benchmarks.toymodel import check, classifier, data, model
@@ -97,14 +170,30 @@ def run(size: str, budget: int | None, seeds: list[int] | None, methods: list[st
     cfg = dict(SIZES[size])
     budget = budget or cfg["budget"]
     seeds = seeds if seeds is not None else cfg["seeds"]
-    nq = ZO["queries"]
-    if budget % (nq + 1):
-        raise ValueError(f"the budget must be a multiple of {nq + 1} (forward passes per ZO step)")
+    ablations = ablations or []
+    groups = plan(methods, ablations)
+    steps = {key: steps_for(c, budget) for key, c in groups}  # a bad budget fails before any work
+    name = "fidelity_ablations" if ablations else "fidelity"
     t_start = time.perf_counter()
     ckpt = model.cached(size, say=say)
-    result: dict[str, Any] = {"size": size, "checkpoint": ckpt.name, "toymodel": model.info(ckpt), "budget_forwards": budget,
-                              "seeds": seeds, "zo": ZO, "ti_lr": TI_LR, "templates": TEMPLATES.split("\n"), "prompt": PROMPT,
-                              "init_word": INIT_WORD, "concept": " ".join(data.HELD_OUT), "runs": [], "baselines": {}}
+    result: dict[str, Any] = {
+        "size": size,
+        "checkpoint": ckpt.name,
+        "toymodel": model.info(ckpt),
+        "budget_forwards": budget,
+        "seeds": seeds,
+        "zo": ZO,
+        "ti_lr": TI_LR,
+        "ti_cost_forwards": TI_COST,
+        "templates": TEMPLATES.split("\n"),
+        "prompt": PROMPT,
+        "init_word": init_word,
+        "concept": " ".join(data.HELD_OUT),
+        "ablations": {a: ABLATIONS[a][0] for a in ablations},
+        "variants": {k: c for k, c in groups},
+        "runs": [],
+        "baselines": {},
+    }
     with HeadlessHost() as session:
         pk = _pack(session)
         host, training, S = pk["host"], pk["training"], pk["settings"]
@@ -126,7 +215,9 @@ def run(size: str, budget: int | None, seeds: list[int] | None, methods: list[st
         eval_seed = 0xF1DE
 
         def eval_loss(encode) -> float:
-            fn = DenoisingLoss(held_latents, encode, host.HostDenoiser(model_obj), model_obj.get_model_object("model_sampling"), 1, uniform)
+            fn = DenoisingLoss(
+                held_latents, encode, host.HostDenoiser(model_obj), model_obj.get_model_object("model_sampling"), 1, uniform
+            )
             with torch.inference_mode(), host.sampling_session(model_obj, clip):
                 return held_out_loss(fn, torch.zeros(1, 768), eval_seed, cfg["draws"])
 
@@ -136,22 +227,34 @@ def run(size: str, budget: int | None, seeds: list[int] | None, methods: list[st
             return float(clf.is_concept(imgs, data.HELD_OUT).mean()), imgs
 
         rows: list[tuple[str, Any]] = []
-        for key, text in (("concept_words", "a photo of a purple cross"), ("init_word", f"a photo of a {INIT_WORD}"), ("wrong_caption", WRONG)):
+        for key, text in (
+            ("concept_words", "a photo of a purple cross"),
+            ("init_word", f"a photo of a {init_word}"),
+            ("class_word", "a photo of a shape"),
+            ("wrong_caption", WRONG),
+        ):
             acc, imgs = judge(text, clip)
             result["baselines"][key] = {"text": text, "accuracy": acc, "held_out_loss": eval_loss(CaptionEncoder(clip, text))}
             rows.append((text, imgs))
             say(f"baseline {key}: {result['baselines'][key]}")
 
-        for method in methods:
+        for key, vc in groups:
             for seed in seeds:
                 t0 = time.perf_counter()
-                zo = method != "ti"
+                zo = vc["method"] not in ("ti", "ti_steps")
                 s = S.TrainSettings(
-                    token_name="toyconcept", init_word=INIT_WORD, num_vectors=1, steps=budget // (nq + 1) if zo else budget,
-                    learning_rate=ZO["learning_rate"], queries=nq, perturbation=ZO["perturbation"], seed=seed,
-                    puts=S.PUTSConfig(*ZO["puts"]) if method in ("zoodip", "puts") else None,
-                    subspace=S.SubspaceConfig(ZO["tau"], ZO["nu"]) if method in ("zoodip", "sg") else None,
-                    prompt_templates=TEMPLATES, query_batch=0,
+                    token_name="toyconcept",
+                    init_word=init_word,
+                    num_vectors=1,
+                    steps=steps[key],
+                    learning_rate=vc["learning_rate"],
+                    queries=vc["queries"],
+                    perturbation=vc["perturbation"],
+                    seed=seed,
+                    puts=S.PUTSConfig(*vc["puts"]) if vc["puts"] else None,
+                    subspace=S.SubspaceConfig(vc["tau"], vc["nu"]) if vc["tau"] else None,
+                    prompt_templates=TEMPLATES,
+                    query_batch=0,
                 )
                 with torch.inference_mode():
                     r = training.prepare(model_obj, clip, vae, refs, s)
@@ -163,7 +266,7 @@ def run(size: str, budget: int | None, seeds: list[int] | None, methods: list[st
                         ti = FirstOrderTI(torch, r.loss_fn, r.trainer.theta.detach().clone(), derive_seed, seed=seed, lr=TI_LR)
                         history = []
                         with host.sampling_session(model_obj, clip):
-                            for _ in range(budget):
+                            for _ in range(steps[key]):
                                 history.append(ti.step()["loss"])
                         theta = ti.theta.detach().clone()
                 forwards = r.loss_fn.evaluations
@@ -178,26 +281,40 @@ def run(size: str, budget: int | None, seeds: list[int] | None, methods: list[st
                     return _enc(_t.unsqueeze(0).expand(thetas.shape[0], *_t.shape), 0)
 
                 loss = eval_loss(token_encode)
-                rec = {"method": method, "seed": seed, "steps": len(history), "forwards": forwards, "accuracy": acc,
-                       "held_out_loss": loss, "train_loss_first10": _mean(history[:10]), "train_loss_last10": _mean(history[-10:]),
-                       "token_norm": float(theta.norm()), "train_seconds": round(train_seconds, 1)}
+                rec = {
+                    "variant": key,
+                    "method": vc["method"],
+                    "seed": seed,
+                    "steps": len(history),
+                    "forwards": forwards,
+                    "forward_equivalents": forwards * (1 if zo else TI_COST),
+                    "accuracy": acc,
+                    "held_out_loss": loss,
+                    "train_loss_first10": _mean(history[:10]),
+                    "train_loss_last10": _mean(history[-10:]),
+                    "token_norm": float(theta.norm()),
+                    "train_seconds": round(train_seconds, 1),
+                }
                 result["runs"].append(rec)
-                if seed == seeds[0]:
-                    rows.append((LABELS[method], imgs))
-                say(f"{method} seed {seed}: {rec}")
+                if seed == seeds[0] and (not ablations or key == "zoodip"):
+                    rows.append((LABELS.get(key, key), imgs))
+                say(f"{key} seed {seed}: {rec}")
                 if out_dir is not None:  # partial results survive an interrupted run
                     out_dir.mkdir(parents=True, exist_ok=True)
-                    (out_dir / f"fidelity{_suffix(size)}.partial.json").write_text(json.dumps(result, indent=1))
+                    (out_dir / f"{name}{_suffix(size)}.partial.json").write_text(json.dumps(result, indent=1))
         result["summary"] = summarize(result)
         result["seconds"] = round(time.perf_counter() - t_start, 1)
-        result["grid_rows"] = [name for name, _ in rows]  # the sample grid's rows, top to bottom (8 samples each)
+        result["grid_rows"] = [label for label, _ in rows]  # the sample grid's rows, top to bottom (8 samples each)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             suffix = _suffix(size)
-            (out_dir / f"fidelity{suffix}.json").write_text(json.dumps(result, indent=1))
-            (out_dir / f"fidelity{suffix}.md").write_text(table(result) + "\n")
-            check.grid([imgs[:8] for _, imgs in rows], out_dir / f"fidelity_samples{suffix}.png")
-            (out_dir / f"fidelity{suffix}.partial.json").unlink(missing_ok=True)
+            (out_dir / f"{name}{suffix}.json").write_text(json.dumps(result, indent=1))
+            (out_dir / f"{name}{suffix}.md").write_text(table(result) + "\n")
+            if ablations:
+                plot_ablations(result, out_dir / f"{name}{suffix}.png")
+            else:
+                check.grid([imgs[:8] for _, imgs in rows], out_dir / f"fidelity_samples{suffix}.png")
+            (out_dir / f"{name}{suffix}.partial.json").unlink(missing_ok=True)
     return result
 
 
@@ -214,50 +331,123 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     out = {}
     by: dict[str, list[dict[str, Any]]] = {}
     for r in result["runs"]:
-        by.setdefault(r["method"], []).append(r)
+        by.setdefault(r.get("variant", r["method"]), []).append(r)
     words = result["baselines"]["concept_words"]["held_out_loss"]
     wrong = result["baselines"]["wrong_caption"]["held_out_loss"]
     for m, rs in by.items():
         acc = [r["accuracy"] for r in rs]
         loss = [r["held_out_loss"] for r in rs]
         out[m] = {
-            "accuracy_mean": statistics.fmean(acc), "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "held_out_loss_mean": statistics.fmean(loss), "held_out_loss_sd": statistics.stdev(loss) if len(loss) > 1 else 0.0,
+            "accuracy_mean": statistics.fmean(acc),
+            "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "held_out_loss_mean": statistics.fmean(loss),
+            "held_out_loss_sd": statistics.stdev(loss) if len(loss) > 1 else 0.0,
             # how much of the gap between the wrong caption and the concept's words the token closes (>0: better than the words)
-            "loss_gap_vs_words": words - statistics.fmean(loss), "loss_gap_vs_wrong": wrong - statistics.fmean(loss),
-            "forwards": sorted({r["forwards"] for r in rs}), "steps": sorted({r["steps"] for r in rs}),
+            "loss_gap_vs_words": words - statistics.fmean(loss),
+            "loss_gap_vs_wrong": wrong - statistics.fmean(loss),
+            "forwards": sorted({r["forwards"] for r in rs}),
+            "steps": sorted({r["steps"] for r in rs}),
+            "forward_equivalents": sorted({r.get("forward_equivalents", r["forwards"]) for r in rs}),
             "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in rs),
         }
     return out
 
 
+def _row(label: str, s: dict[str, Any]) -> str:
+    return (
+        f"| {label} | {','.join(map(str, s['steps']))} | {','.join(map(str, s['forward_equivalents']))} | "
+        f"{s['accuracy_mean']:.0%} ± {s['accuracy_sd']:.0%} | {s['held_out_loss_mean']:.4f} ± {s['held_out_loss_sd']:.4f} | "
+        f"{s['loss_gap_vs_words']:+.4f} | {s['loss_gap_vs_wrong']:+.4f} | {s['train_seconds_mean']:.0f} |"
+    )
+
+
 def table(result: dict[str, Any]) -> str:
     b = result["baselines"]
-    lines = [
-        f"Held-out concept: {result['concept']}; {result['budget_forwards']} forward passes per run; seeds {result['seeds']}; "
-        f"classifier test accuracy {result['classifier_test_accuracy']['both']:.0%}.",
-        "",
-        "| method | steps | classifier: concept (mean ± sd) | held-out loss (mean ± sd) | loss vs concept words | loss vs wrong caption | train s |",
-        "|---|---|---|---|---|---|---|",
+    head = [
+        "| {} | steps | forward equivalents | classifier: concept (mean ± sd) | held-out loss (mean ± sd) | "
+        "loss vs concept words | loss vs wrong caption | train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for m, s in result["summary"].items():
-        lines.append(
-            f"| {LABELS.get(m, m)} | {','.join(map(str, s['steps']))} | {s['accuracy_mean']:.0%} ± {s['accuracy_sd']:.0%} | "
-            f"{s['held_out_loss_mean']:.4f} ± {s['held_out_loss_sd']:.4f} | {s['loss_gap_vs_words']:+.4f} | {s['loss_gap_vs_wrong']:+.4f} | "
-            f"{s['train_seconds_mean']:.0f} |"
-        )
+    lines = [
+        f'Held-out concept: {result["concept"]}; token initialized from "{result["init_word"]}"; '
+        f"{result['budget_forwards']} forward-pass equivalents per run; seeds {result['seeds']}; "
+        f"classifier test accuracy {result['classifier_test_accuracy']['both']:.0%}.",
+    ]
+    summary = result["summary"]
+    ablations = result.get("ablations") or {}
+    if not ablations:
+        lines += ["", head[0].format("method"), head[1]]
+        lines += [_row(LABELS.get(m, m), s) for m, s in summary.items()]
+    for name, param in ablations.items():
+        lines += [
+            "",
+            f"Ablation: {name} (ZOODiP, {param} varied; others as in the main table)",
+            "",
+            head[0].format(param),
+            head[1],
+        ]
+        for v in ABLATIONS[name][1]:
+            key = variant_key(param, v)
+            key = key if key in summary else "zoodip"  # the default value is the zoodip run
+            if key in summary:
+                default = " (default)" if key == "zoodip" else ""
+                lines.append(_row(variant_key(param, v).split("=", 1)[1] + default, summary[key]))
     lines += ["", "| caption (no training) | classifier: concept | held-out loss |", "|---|---|---|"]
-    for key in ("concept_words", "init_word", "wrong_caption"):
-        lines.append(f"| {b[key]['text']} ({key.replace('_', ' ')}) | {b[key]['accuracy']:.0%} | {b[key]['held_out_loss']:.4f} |")
+    for key, v in b.items():
+        lines.append(f"| {v['text']} ({key.replace('_', ' ')}) | {v['accuracy']:.0%} | {v['held_out_loss']:.4f} |")
     return "\n".join(lines)
+
+
+def plot_ablations(result: dict[str, Any], path: Path) -> Path:
+    """One panel per ablation: classifier accuracy (mean, whiskers ± sd over seeds) per value."""
+    from PIL import Image, ImageDraw
+
+    ablations = result["ablations"]
+    summary = result["summary"]
+    pw, ph, pad = 260, 200, 34
+    img = Image.new("RGB", (pw * max(1, len(ablations)), ph + 2 * pad), "white")
+    d = ImageDraw.Draw(img)
+    for i, (name, param) in enumerate(ablations.items()):
+        x0 = i * pw + pad
+        top, bottom = pad, pad + ph - 20
+        d.text((x0, 8), f"{name} ({param})", fill="black")
+        d.line((x0, top, x0, bottom), fill="gray")
+        d.line((x0, bottom, x0 + pw - 2 * pad, bottom), fill="gray")
+        for frac in (0.0, 0.5, 1.0):
+            y = bottom - frac * (bottom - top)
+            d.text((x0 - 28, y - 6), f"{frac:.0%}", fill="gray")
+        values = ABLATIONS[name][1]
+        slot = (pw - 2 * pad) / len(values)
+        for j, v in enumerate(values):
+            key = variant_key(param, v)
+            s = summary.get(key) or summary.get("zoodip")
+            if s is None:
+                continue
+            cx = x0 + slot * (j + 0.5)
+            y = bottom - s["accuracy_mean"] * (bottom - top)
+            colour = (200, 60, 40) if key not in summary else (40, 90, 200)
+            d.rectangle((cx - slot * 0.3, y, cx + slot * 0.3, bottom), fill=colour)
+            lo = bottom - max(0.0, s["accuracy_mean"] - s["accuracy_sd"]) * (bottom - top)
+            hi = bottom - min(1.0, s["accuracy_mean"] + s["accuracy_sd"]) * (bottom - top)
+            d.line((cx, lo, cx, hi), fill="black", width=2)
+            d.text((cx - slot * 0.45, bottom + 4), variant_key(param, v).split("=", 1)[1], fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=tuple(SIZES), default="full")
-    p.add_argument("--budget", type=int, default=None, help="forward passes per run (multiple of n+1)")
+    p.add_argument(
+        "--budget", type=int, default=None, help="forward-pass equivalents per run (a multiple of each method's per-step cost)"
+    )
     p.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument(
+        "--ablations", default="", help=f"comma-separated, from {','.join(ABLATIONS)}: vary one ZOODiP setting instead"
+    )
+    p.add_argument("--init-word", default=INIT_WORD, help="the token's starting word (one CLIP token)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--from-partial", metavar="JSON", help="summarize an interrupted run's .partial.json (no sampling, no grid)")
@@ -279,12 +469,19 @@ def main(argv: list[str] | None = None) -> int:
     bad = set(methods) - set(METHODS)
     if bad:
         p.error(f"unknown methods {sorted(bad)}; choose from {METHODS}")
+    ablations = [x for x in a.ablations.split(",") if x]
+    bad = set(ablations) - set(ABLATIONS)
+    if bad:
+        p.error(f"unknown ablations {sorted(bad)}; choose from {tuple(ABLATIONS)}")
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
 
     def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    result = run(a.size, a.budget, seeds, methods, Path(a.out_dir), say)
+    try:
+        result = run(a.size, a.budget, seeds, methods, Path(a.out_dir), say, ablations=ablations, init_word=a.init_word)
+    except ValueError as e:
+        p.error(str(e))
     print(table(result))
     return 0
 

@@ -22,16 +22,18 @@ def test_fidelity_benchmark_smoke(tmp_path):
     data = json.loads((tmp_path / "fidelity_smoke.json").read_text())
     assert (tmp_path / "fidelity_smoke.md").read_text().count("|") > 20
     assert (tmp_path / "fidelity_samples_smoke.png").stat().st_size > 0
-    methods = ("zoodip", "sg", "puts", "vanilla", "ti")
+    methods = ("zoodip", "sg", "puts", "vanilla", "ti", "ti_steps")
     assert set(data["summary"]) == set(methods)
     budget = data["budget_forwards"]
     for m in methods:
         runs = [r for r in data["runs"] if r["method"] == m]
         assert [r["seed"] for r in runs] == data["seeds"] and len(runs) >= 2
         for r in runs:
-            # equal forward budgets: ZO n=2 spends 3 per step, TI 1 per step
-            assert r["forwards"] == budget, (m, r)
-            assert r["steps"] == (budget if m == "ti" else budget // 3)
+            # equal budgets: ZO n=2 spends 3 forwards per step, a TI step (forward + backward) counts as 3;
+            # ti_steps takes one step per ZO forward pass, 3x the compute
+            assert r["steps"] == {"ti_steps": budget}.get(m, budget // 3), (m, r)
+            assert r["forwards"] == r["steps"] * (1 if m.startswith("ti") else 3), (m, r)
+            assert r["forward_equivalents"] == (3 * budget if m == "ti_steps" else budget), (m, r)
             assert 0.0 <= r["accuracy"] <= 1.0
             for k in ("held_out_loss", "train_loss_first10", "train_loss_last10", "token_norm"):
                 assert math.isfinite(r[k]), (m, k, r)
@@ -41,3 +43,50 @@ def test_fidelity_benchmark_smoke(tmp_path):
     ti = [r["token_norm"] for r in data["runs"] if r["method"] == "ti"]
     zo = [r["token_norm"] for r in data["runs"] if r["method"] == "zoodip"]
     assert ti != zo
+
+
+def test_fidelity_ablation_smoke(tmp_path):
+    """--ablations varies one ZOODiP setting at a time; the default value is the one zoodip run."""
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "fidelity.py"),
+        "--size",
+        "smoke",
+        "--seeds",
+        "0",
+        "--ablations",
+        "nu,n",
+        "--budget",
+        "30",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    data = json.loads((tmp_path / "fidelity_ablations_smoke.json").read_text())
+    assert set(data["summary"]) == {"zoodip", "nu=0.0001", "nu=0.01", "nu=0.1", "queries=1", "queries=4"}
+    steps = {r["variant"]: r["steps"] for r in data["runs"]}
+    assert steps["queries=1"] == 15 and steps["queries=4"] == 6 and steps["zoodip"] == 10
+    assert all(r["forwards"] == 30 for r in data["runs"])
+    assert data["variants"]["nu=0.1"]["nu"] == 0.1 and data["variants"]["nu=0.1"]["puts"] == [500, 900]
+    md = (tmp_path / "fidelity_ablations_smoke.md").read_text()
+    assert "Ablation: nu" in md and "0.001 (default)" in md
+    assert (tmp_path / "fidelity_ablations_smoke.png").stat().st_size > 0
+
+
+def test_fidelity_refuses_a_budget_that_does_not_divide(tmp_path):
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "fidelity.py"),
+        "--size",
+        "smoke",
+        "--ablations",
+        "n",
+        "--budget",
+        "6",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "multiple of 5" in p.stderr, p.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # refused before any work
