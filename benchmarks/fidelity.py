@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 METHODS = ("zoodip", "vanilla", "ti", "sg", "puts", "ti_steps")  # the headline comparison first
+DEFAULT_METHODS = METHODS[:-1]  # ti_steps (3x TI's compute) only on request
 LABELS = {
     "zoodip": "ZOODiP (SG+PUTS)",
     "sg": "ZO +SG",
@@ -67,8 +68,30 @@ TI_COST = 3  # forward-pass equivalents of one first-order step (forward + backw
 
 # size -> toy checkpoint, budget (forward passes), seeds, samples per token, sampler steps, eval draws
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"budget": 300, "seeds": [0, 1, 2], "samples": 16, "sampler_steps": 20, "draws": 32, "refs": 4, "held_out_images": 8},
-    "smoke": {"budget": 6, "seeds": [0, 1], "samples": 2, "sampler_steps": 2, "draws": 2, "refs": 3, "held_out_images": 2},
+    "full": {
+        "budget": 1200,
+        "ablation_budget": 600,
+        "ablation_seeds": [0, 1],
+        "seeds": [0, 1, 2],
+        "samples": 16,
+        "sampler_steps": 20,
+        "draws": 32,
+        "refs": 4,
+        "held_out_images": 8,
+        "curve": 4,
+    },
+    "smoke": {
+        "budget": 6,
+        "ablation_budget": 30,
+        "ablation_seeds": [0],
+        "seeds": [0, 1],
+        "samples": 2,
+        "sampler_steps": 2,
+        "draws": 2,
+        "refs": 3,
+        "held_out_images": 2,
+        "curve": 2,
+    },
 }
 # the engine's settings for every ZO method (the paper's SD1.5 values; tau is shortened so SG
 # acts several times within the short budget)
@@ -168,9 +191,9 @@ def run(
     from devtools.host import HeadlessHost
 
     cfg = dict(SIZES[size])
-    budget = budget or cfg["budget"]
-    seeds = seeds if seeds is not None else cfg["seeds"]
     ablations = ablations or []
+    budget = budget or cfg["ablation_budget" if ablations else "budget"]
+    seeds = seeds if seeds is not None else cfg["ablation_seeds" if ablations else "seeds"]
     groups = plan(methods, ablations)
     steps = {key: steps_for(c, budget) for key, c in groups}  # a bad budget fails before any work
     name = "fidelity_ablations" if ablations else "fidelity"
@@ -256,31 +279,54 @@ def run(
                     prompt_templates=TEMPLATES,
                     query_batch=0,
                 )
+                curve: list[dict[str, Any]] = []  # the token judged at points along the budget
+                eval_seconds = [0.0]
+                per_step = 1 if zo else TI_COST
+
+                def score(theta, family) -> tuple[float, float, Any]:
+                    tok_clip = host.clip_with_embeddings(clip, {"toyconcept": {"l": theta.detach().float().cpu().clone()}})
+                    acc, imgs = judge(PROMPT.replace("{token}", "embedding:toyconcept"), tok_clip)
+                    text_enc = host.TokenTextEncoder(clip, family, [PROMPT], 1)
+                    fixed = theta.detach().clone()
+
+                    def token_encode(thetas, template, _enc=text_enc, _t=fixed):
+                        return _enc(_t.unsqueeze(0).expand(thetas.shape[0], *_t.shape), 0)
+
+                    return acc, eval_loss(token_encode), imgs
+
+                def checkpoint(theta, family, forwards: int, _curve=curve, _per=per_step, _spent=eval_seconds) -> None:
+                    t = time.perf_counter()
+                    acc, loss, _ = score(theta, family)
+                    _curve.append({"forward_equivalents": forwards * _per, "accuracy": acc, "held_out_loss": loss})
+                    _spent[0] += time.perf_counter() - t
+
+                # judged along the way in the method comparison only (ablations compare end points)
+                every = steps[key] // cfg["curve"] if not ablations and steps[key] % cfg["curve"] == 0 else 0
                 with torch.inference_mode():
                     r = training.prepare(model_obj, clip, vae, refs, s)
                     if zo:
-                        training.train(r)
+                        training.train(
+                            r,
+                            preview_every=every,
+                            on_preview=lambda step, r=r, last=steps[key]: (
+                                step < last and checkpoint(r.trainer.theta, r.family, r.loss_fn.evaluations)
+                            ),
+                        )
                         theta = r.trainer.theta.detach().clone()
                         history = list(r.history.loss)
                     else:
                         ti = FirstOrderTI(torch, r.loss_fn, r.trainer.theta.detach().clone(), derive_seed, seed=seed, lr=TI_LR)
                         history = []
-                        with host.sampling_session(model_obj, clip):
-                            for _ in range(steps[key]):
+                        for k in range(steps[key]):
+                            with host.sampling_session(model_obj, clip):
                                 history.append(ti.step()["loss"])
+                            if every and (k + 1) % every == 0 and k + 1 < steps[key]:
+                                checkpoint(ti.theta, r.family, r.loss_fn.evaluations)
                         theta = ti.theta.detach().clone()
                 forwards = r.loss_fn.evaluations
-                train_seconds = time.perf_counter() - t0
-                emb = {"toyconcept": {"l": theta.float().cpu()}}
-                tok_clip = host.clip_with_embeddings(clip, emb)
-                acc, imgs = judge(PROMPT.replace("{token}", "embedding:toyconcept"), tok_clip)
-                text_enc = host.TokenTextEncoder(clip, r.family, [PROMPT], 1)
-                fixed = theta.detach()
-
-                def token_encode(thetas, template, _enc=text_enc, _t=fixed):
-                    return _enc(_t.unsqueeze(0).expand(thetas.shape[0], *_t.shape), 0)
-
-                loss = eval_loss(token_encode)
+                train_seconds = time.perf_counter() - t0 - eval_seconds[0]
+                acc, loss, imgs = score(theta, r.family)
+                curve.append({"forward_equivalents": forwards * per_step, "accuracy": acc, "held_out_loss": loss})
                 rec = {
                     "variant": key,
                     "method": vc["method"],
@@ -294,6 +340,7 @@ def run(
                     "train_loss_last10": _mean(history[-10:]),
                     "token_norm": float(theta.norm()),
                     "train_seconds": round(train_seconds, 1),
+                    "curve": curve,
                 }
                 result["runs"].append(rec)
                 if seed == seeds[0] and (not ablations or key == "zoodip"):
@@ -349,8 +396,26 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "steps": sorted({r["steps"] for r in rs}),
             "forward_equivalents": sorted({r.get("forward_equivalents", r["forwards"]) for r in rs}),
             "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in rs),
+            "curve": _curve(rs),
         }
     return out
+
+
+def _curve(rs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Mean accuracy and held-out loss over seeds at each point of the budget the token was judged at."""
+    points: dict[int, list[dict[str, Any]]] = {}
+    for r in rs:
+        for c in r.get("curve", []):
+            points.setdefault(c["forward_equivalents"], []).append(c)
+    return [
+        {
+            "forward_equivalents": f,
+            "accuracy_mean": statistics.fmean(c["accuracy"] for c in cs),
+            "held_out_loss_mean": statistics.fmean(c["held_out_loss"] for c in cs),
+            "seeds": len(cs),
+        }
+        for f, cs in sorted(points.items())
+    ]
 
 
 def _row(label: str, s: dict[str, Any]) -> str:
@@ -392,6 +457,14 @@ def table(result: dict[str, Any]) -> str:
             if key in summary:
                 default = " (default)" if key == "zoodip" else ""
                 lines.append(_row(variant_key(param, v).split("=", 1)[1] + default, summary[key]))
+    curves = {m: {c["forward_equivalents"]: c for c in v.get("curve", [])} for m, v in summary.items()}
+    points = sorted({f for c in curves.values() for f in c})
+    if not ablations and len(points) > 1:
+        lines += ["", "Along the budget: classifier accuracy (held-out loss), mean over seeds", ""]
+        lines += ["| method | " + " | ".join(f"{f} fwd" for f in points) + " |", "|---" * (len(points) + 1) + "|"]
+        for m, c in curves.items():
+            cells = [f"{c[f]['accuracy_mean']:.0%} ({c[f]['held_out_loss_mean']:.4f})" if f in c else "" for f in points]
+            lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
     lines += ["", "| caption (no training) | classifier: concept | held-out loss |", "|---|---|---|"]
     for key, v in b.items():
         lines.append(f"| {v['text']} ({key.replace('_', ' ')}) | {v['accuracy']:.0%} | {v['held_out_loss']:.4f} |")
@@ -443,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=int, default=None, help="forward-pass equivalents per run (a multiple of each method's per-step cost)"
     )
     p.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {','.join(METHODS)}")
     p.add_argument(
         "--ablations", default="", help=f"comma-separated, from {','.join(ABLATIONS)}: vary one ZOODiP setting instead"
     )
