@@ -184,6 +184,8 @@ def run(
     *,
     ablations: list[str] | None = None,
     init_word: str = INIT_WORD,
+    clip_model: Path | None = None,
+    clip_architecture: str = "ViT-B-32",
 ) -> dict[str, Any]:
     import torch
 
@@ -214,9 +216,12 @@ def run(
         "concept": " ".join(data.HELD_OUT),
         "ablations": {a: ABLATIONS[a][0] for a in ablations},
         "variants": {k: c for k, c in groups},
+        "clip_text": "a photo of a " + " ".join(data.HELD_OUT) if clip_model else None,
         "runs": [],
         "baselines": {},
     }
+    if clip_model is not None and not Path(clip_model).is_file():
+        raise ValueError(f"--clip-model {clip_model} is not a file: give an open_clip weights file (e.g. ViT-B-32)")
     with HeadlessHost() as session:
         pk = _pack(session)
         host, training, S = pk["host"], pk["training"], pk["settings"]
@@ -225,6 +230,7 @@ def run(
         from benchmarks.speed import FirstOrderTI
 
         model_obj, clip, vae = check.load_in_host(session, ckpt)
+        clip_scores = _clip_scorer(session, clip_model, clip_architecture)
         say("classifier")
         clf = classifier.cached(vae, ckpt.name, **check.CLASSIFIER[size])  # the one check.py trained
         result["classifier_test_accuracy"] = clf.test_accuracy
@@ -258,6 +264,7 @@ def run(
         ):
             acc, imgs = judge(text, clip)
             result["baselines"][key] = {"text": text, "accuracy": acc, "held_out_loss": eval_loss(CaptionEncoder(clip, text))}
+            result["baselines"][key].update(clip_scores(imgs, refs))
             rows.append((text, imgs))
             say(f"baseline {key}: {result['baselines'][key]}")
 
@@ -341,6 +348,7 @@ def run(
                     "token_norm": float(theta.norm()),
                     "train_seconds": round(train_seconds, 1),
                     "curve": curve,
+                    **clip_scores(imgs, refs),
                 }
                 result["runs"].append(rec)
                 if seed == seeds[0] and (not ablations or key == "zoodip"):
@@ -363,6 +371,36 @@ def run(
                 check.grid([imgs[:8] for _, imgs in rows], out_dir / f"fidelity_samples{suffix}.png")
             (out_dir / f"{name}{suffix}.partial.json").unlink(missing_ok=True)
     return result
+
+
+def _clip_scorer(session, weights: Path | None, architecture: str) -> Callable[[Any, Any], dict[str, float]]:
+    """CLIP-I (to the reference photos) and CLIP-T (to the concept's words) through the pack's
+    Evaluate Token node, with the user's open_clip weights linked into the host's models/open_clip;
+    without weights, nothing (no network, no pretrained CLIP here)."""
+    if weights is None:
+        return lambda imgs, refs: {}
+    weights = Path(weights).resolve()
+    folder = session.model_dir("open_clip")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = weights.with_name(weights.name.split(".")[0] + ".json")  # a custom architecture's config travels along
+    for f in (weights, config) if config.is_file() else (weights,):
+        link = folder / f.name
+        if not link.exists():
+            link.symlink_to(f)
+    node = importlib.import_module(f"{session.pack_module.__name__}.nodes.evaluate").ZOODiPEvaluate()
+    text = "a photo of a " + " ".join(_held_out())
+
+    def scores(imgs, refs) -> dict[str, float]:
+        clip_i, clip_t, _ = node.evaluate(imgs, refs, text, weights.name, architecture)["result"]
+        return {"clip_i": float(clip_i), "clip_t": float(clip_t)}
+
+    return scores
+
+
+def _held_out() -> tuple[str, str]:
+    from benchmarks.toymodel import data
+
+    return data.HELD_OUT
 
 
 def _suffix(size: str) -> str:
@@ -398,6 +436,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in rs),
             "curve": _curve(rs),
         }
+        if all("clip_i" in r for r in rs):
+            out[m]["clip_i_mean"] = statistics.fmean(r["clip_i"] for r in rs)
+            out[m]["clip_t_mean"] = statistics.fmean(r["clip_t"] for r in rs)
     return out
 
 
@@ -465,6 +506,18 @@ def table(result: dict[str, Any]) -> str:
         for m, c in curves.items():
             cells = [f"{c[f]['accuracy_mean']:.0%} ({c[f]['held_out_loss_mean']:.4f})" if f in c else "" for f in points]
             lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    if any("clip_i_mean" in v for v in summary.values()):
+        lines += [
+            "",
+            f'CLIP-I (to the reference photos) and CLIP-T (to "{result.get("clip_text", "")}") through Evaluate Token',
+            "",
+        ]
+        lines += ["| method | CLIP-I | CLIP-T |", "|---|---|---|"]
+        lines += [
+            f"| {LABELS.get(m, m)} | {v['clip_i_mean']:.4f} | {v['clip_t_mean']:.4f} |"
+            for m, v in summary.items()
+            if "clip_i_mean" in v
+        ]
     lines += ["", "| caption (no training) | classifier: concept | held-out loss |", "|---|---|---|"]
     for key, v in b.items():
         lines.append(f"| {v['text']} ({key.replace('_', ' ')}) | {v['accuracy']:.0%} | {v['held_out_loss']:.4f} |")
@@ -521,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         "--ablations", default="", help=f"comma-separated, from {','.join(ABLATIONS)}: vary one ZOODiP setting instead"
     )
     p.add_argument("--init-word", default=INIT_WORD, help="the token's starting word (one CLIP token)")
+    p.add_argument("--clip-model", default=None, help="an open_clip weights file: adds CLIP-I/CLIP-T through Evaluate Token")
+    p.add_argument(
+        "--clip-architecture", default="ViT-B-32", help="its open_clip architecture (a <file>.json beside it overrides)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--from-partial", metavar="JSON", help="summarize an interrupted run's .partial.json (no sampling, no grid)")
@@ -552,7 +609,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     try:
-        result = run(a.size, a.budget, seeds, methods, Path(a.out_dir), say, ablations=ablations, init_word=a.init_word)
+        result = run(
+            a.size,
+            a.budget,
+            seeds,
+            methods,
+            Path(a.out_dir),
+            say,
+            ablations=ablations,
+            init_word=a.init_word,
+            clip_model=Path(a.clip_model) if a.clip_model else None,
+            clip_architecture=a.clip_architecture,
+        )
     except ValueError as e:
         p.error(str(e))
     print(table(result))

@@ -90,3 +90,59 @@ def test_fidelity_refuses_a_budget_that_does_not_divide(tmp_path):
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "multiple of 5" in p.stderr, p.stderr[-2000:]
     assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_fidelity_scores_clip_i_and_t_through_evaluate_with_user_weights(tmp_path):
+    """--clip-model: CLIP-I/CLIP-T per token and per caption, from the Evaluate Token node (a random
+    open_clip model stands in for the user's weights)."""
+    import open_clip
+    import torch
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+    (tmp_path / "zoodip-fid-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "zoodip-fid-clip.json")
+    torch.manual_seed(0)
+    weights = tmp_path / "zoodip-fid-clip.pt"
+    torch.save(open_clip.create_model("zoodip-fid-clip", pretrained=None).state_dict(), weights)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "fidelity.py"),
+        "--size",
+        "smoke",
+        "--seeds",
+        "0",
+        "--methods",
+        "zoodip,ti",
+        "--clip-model",
+        str(weights),
+        "--out-dir",
+        str(out),
+    ]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    data = json.loads((out / "fidelity_smoke.json").read_text())
+    scores = [(r["clip_i"], r["clip_t"]) for r in [*data["runs"], *data["baselines"].values()]]
+    assert len(scores) == 2 + 4 and all(-1.0 <= v <= 1.0 for pair in scores for v in pair)
+    assert len({s for s, _ in scores}) > 1  # scored per image set, not one constant
+    assert "CLIP-I" in (out / "fidelity_smoke.md").read_text()
+
+
+def test_fidelity_refuses_a_missing_clip_model(tmp_path):
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "fidelity.py"),
+        "--size",
+        "smoke",
+        "--clip-model",
+        str(tmp_path / "nope.pt"),
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "is not a file" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
