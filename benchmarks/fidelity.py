@@ -58,11 +58,7 @@ LABELS = {
 }
 TEMPLATES = "a photo of a {token}\na {token}"
 PROMPT = "a photo of a {token}"
-# The token's start: a word the model knows (a trained caption never uses it, so the random CLIP
-# maps it somewhere neutral) that draws no purple cross. The toy world's class word "shape" would
-# be the paper's choice, but its generic caption is what the held-out images were captioned with,
-# so it already draws the concept (~75%) and would leave nothing to learn.
-INIT_WORD = "object"
+INIT_WORD = "object"  # = benchmarks.toymodel.data.TOKEN_INIT_WORD (why: see there; a test checks)
 WRONG = "a photo of a red circle"
 TI_COST = 3  # forward-pass equivalents of one first-order step (forward + backward ~ 2 forwards)
 

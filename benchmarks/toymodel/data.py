@@ -29,6 +29,12 @@ HELD_OUT = ("purple", "cross")
 CONCEPTS: tuple[tuple[str, str], ...] = tuple((c, s) for c in TRAINED_COLOURS for s in TRAINED_SHAPES) + (HELD_OUT,)
 TRAINED = CONCEPTS[:-1]
 
+# Where a token for the held-out concept starts: a word no caption uses (the random CLIP still maps
+# it to a definite conditioning) that draws no purple cross. The class word "shape" is the usual
+# choice in TI, but here its generic caption is what the held-out images were captioned with, so
+# it already draws the concept most of the time and would leave a token little to learn.
+TOKEN_INIT_WORD = "object"
+
 CAPTION_FORMS = ("a {colour} {shape}", "a photo of a {colour} {shape}")
 GENERIC = ("a shape", "a photo of a shape")
 EMPTY = ""

@@ -3,7 +3,8 @@
 It trains a token on the toy model's held-out concept with previews, then samples with it:
 Load Checkpoint (zoodip-toy-shapes.safetensors) -> Load Training Images (toy-purple-cross, 64 px,
 the node's minimum) -> ImageScale to 32 px (what the toy model was trained at) -> Train Token
-(init word "shape", the toy captions' templates, previews every 100 steps) -> Save Embedding, and
+(init word "object", data.TOKEN_INIT_WORD; the toy captions' templates, previews every 100
+steps) -> Save Embedding, and
 a KSampler on "a photo of a embedding:toy-cross" (Empty Latent 64x64: the toy VAE is x4, so that
 is an 8x8 latent and a 32x32 image). ``python -m benchmarks.toymodel build --comfyui DIR``
 puts the checkpoint and the photos where this workflow looks for them.
@@ -15,6 +16,8 @@ import copy
 import json
 from pathlib import Path
 from typing import Any
+
+from . import data
 
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = "zoodip-toy-shapes.safetensors"
@@ -33,7 +36,7 @@ def make(src: Path = ROOT / "workflows" / "train_token.json") -> dict[str, Any]:
     v = train["widgets_values"]
     # name, init word, vectors, steps, lr, queries, mu, seed, control, templates, two_sided,
     # held_out_every, save_every, preview_every, preview_prompt (the node's widget order)
-    v[0], v[1], v[3], v[9] = TOKEN, "shape", 1500, TEMPLATES
+    v[0], v[1], v[3], v[9] = TOKEN, data.TOKEN_INIT_WORD, 1500, TEMPLATES
     v[11], v[12], v[13], v[14] = 100, 0, 100, "a photo of a {token}"
     by_type["SubspaceProjector"]["widgets_values"] = [32, 0.001]
     by_type["ZOODiPSaveEmbedding"]["widgets_values"] = [TOKEN, False]

@@ -16,12 +16,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_fidelity_benchmark_smoke(tmp_path):
-    cmd = [sys.executable, str(REPO / "benchmarks" / "fidelity.py"), "--size", "smoke", "--out-dir", str(tmp_path)]
+    every = "zoodip,vanilla,ti,sg,puts,ti_steps"  # the default leaves out ti_steps (3x TI's compute)
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "fidelity.py"),
+        "--size",
+        "smoke",
+        "--methods",
+        every,
+        "--out-dir",
+        str(tmp_path),
+    ]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     data = json.loads((tmp_path / "fidelity_smoke.json").read_text())
     assert (tmp_path / "fidelity_smoke.md").read_text().count("|") > 20
     assert (tmp_path / "fidelity_samples_smoke.png").stat().st_size > 0
+    from benchmarks.toymodel import data as toy
+
+    assert data["init_word"] == toy.TOKEN_INIT_WORD  # the benchmark starts where the toy workflow does
+    assert data["baselines"]["init_word"]["text"] == f"a photo of a {toy.TOKEN_INIT_WORD}"
     methods = ("zoodip", "sg", "puts", "vanilla", "ti", "ti_steps")
     assert set(data["summary"]) == set(methods)
     budget = data["budget_forwards"]
