@@ -15,19 +15,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def fidelity(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "fidelity.py"), *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
 def test_fidelity_benchmark_smoke(tmp_path):
     every = "zoodip,vanilla,ti,sg,puts,ti_steps"  # the default leaves out ti_steps (3x TI's compute)
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "fidelity.py"),
-        "--size",
-        "smoke",
-        "--methods",
-        every,
-        "--out-dir",
-        str(tmp_path),
-    ]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    p = fidelity("--size", "smoke", "--methods", every, "--out-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr[-4000:]
     data = json.loads((tmp_path / "fidelity_smoke.json").read_text())
     assert (tmp_path / "fidelity_smoke.md").read_text().count("|") > 20
@@ -61,21 +56,7 @@ def test_fidelity_benchmark_smoke(tmp_path):
 
 def test_fidelity_ablation_smoke(tmp_path):
     """--ablations varies one ZOODiP setting at a time; the default value is the one zoodip run."""
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "fidelity.py"),
-        "--size",
-        "smoke",
-        "--seeds",
-        "0",
-        "--ablations",
-        "nu,n",
-        "--budget",
-        "30",
-        "--out-dir",
-        str(tmp_path),
-    ]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    p = fidelity("--size", "smoke", "--seeds", "0", "--ablations", "nu,n", "--budget", "30", "--out-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr[-4000:]
     data = json.loads((tmp_path / "fidelity_ablations_smoke.json").read_text())
     assert set(data["summary"]) == {"zoodip", "nu=0.0001", "nu=0.01", "nu=0.1", "queries=1", "queries=4"}
@@ -89,19 +70,7 @@ def test_fidelity_ablation_smoke(tmp_path):
 
 
 def test_fidelity_refuses_a_budget_that_does_not_divide(tmp_path):
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "fidelity.py"),
-        "--size",
-        "smoke",
-        "--ablations",
-        "n",
-        "--budget",
-        "6",
-        "--out-dir",
-        str(tmp_path),
-    ]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = fidelity("--size", "smoke", "--ablations", "n", "--budget", "6", "--out-dir", str(tmp_path))
     assert p.returncode == 2 and "multiple of 5" in p.stderr, p.stderr[-2000:]
     assert not list(tmp_path.iterdir())  # refused before any work
 
@@ -123,21 +92,7 @@ def test_fidelity_scores_clip_i_and_t_through_evaluate_with_user_weights(tmp_pat
     weights = tmp_path / "zoodip-fid-clip.pt"
     torch.save(open_clip.create_model("zoodip-fid-clip", pretrained=None).state_dict(), weights)
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "fidelity.py"),
-        "--size",
-        "smoke",
-        "--seeds",
-        "0",
-        "--methods",
-        "zoodip,ti",
-        "--clip-model",
-        str(weights),
-        "--out-dir",
-        str(out),
-    ]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    p = fidelity("--size", "smoke", "--seeds", "0", "--methods", "zoodip,ti", "--clip-model", str(weights), "--out-dir", str(out))
     assert p.returncode == 0, p.stderr[-4000:]
     data = json.loads((out / "fidelity_smoke.json").read_text())
     scores = [(r["clip_i"], r["clip_t"]) for r in [*data["runs"], *data["baselines"].values()]]
@@ -147,16 +102,6 @@ def test_fidelity_scores_clip_i_and_t_through_evaluate_with_user_weights(tmp_pat
 
 
 def test_fidelity_refuses_a_missing_clip_model(tmp_path):
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "fidelity.py"),
-        "--size",
-        "smoke",
-        "--clip-model",
-        str(tmp_path / "nope.pt"),
-        "--out-dir",
-        str(tmp_path / "out"),
-    ]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = fidelity("--size", "smoke", "--clip-model", str(tmp_path / "nope.pt"), "--out-dir", str(tmp_path / "out"))
     assert p.returncode == 2 and "is not a file" in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "out").exists()
