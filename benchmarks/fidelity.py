@@ -118,6 +118,13 @@ def variant_key(param: str, value: Any) -> str:
     return f"{param}={value[0]}-{value[1]}" if isinstance(value, (tuple, list)) else f"{param}={value:g}"
 
 
+def ablation_key(param: str, value: Any) -> str:
+    """The run group of one ablation value: its default value is the plain ZOODiP run."""
+    default = ZO[param]
+    same = tuple(value) == tuple(default) if isinstance(value, (tuple, list)) else value == default
+    return "zoodip" if same else variant_key(param, value)
+
+
 def plan(methods: list[str], ablations: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """(variant key, config) for each run group; an ablation's default is run once as "zoodip"."""
     if not ablations:
@@ -360,10 +367,8 @@ def run(
             out_dir.mkdir(parents=True, exist_ok=True)
             suffix = _suffix(size)
             (out_dir / f"{name}{suffix}.json").write_text(json.dumps(result, indent=1))
-            (out_dir / f"{name}{suffix}.md").write_text(table(result) + "\n")
-            if ablations:
-                plot_ablations(result, out_dir / f"{name}{suffix}.png")
-            else:
+            draw(result, out_dir / f"{name}{suffix}.json")
+            if not ablations:
                 check.grid([imgs[:8] for _, imgs in rows], out_dir / f"fidelity_samples{suffix}.png")
             (out_dir / f"{name}{suffix}.partial.json").unlink(missing_ok=True)
     return result
@@ -489,8 +494,7 @@ def table(result: dict[str, Any]) -> str:
             head[1],
         ]
         for v in ABLATIONS[name][1]:
-            key = variant_key(param, v)
-            key = key if key in summary else "zoodip"  # the default value is the zoodip run
+            key = ablation_key(param, v)
             if key in summary:
                 default = " (default)" if key == "zoodip" else ""
                 lines.append(_row(variant_key(param, v).split("=", 1)[1] + default, summary[key]))
@@ -541,13 +545,13 @@ def plot_ablations(result: dict[str, Any], path: Path) -> Path:
         values = ABLATIONS[name][1]
         slot = (pw - 2 * pad) / len(values)
         for j, v in enumerate(values):
-            key = variant_key(param, v)
-            s = summary.get(key) or summary.get("zoodip")
+            key = ablation_key(param, v)
+            s = summary.get(key)
             if s is None:
                 continue
             cx = x0 + slot * (j + 0.5)
             y = bottom - s["accuracy_mean"] * (bottom - top)
-            colour = (200, 60, 40) if key not in summary else (40, 90, 200)
+            colour = (200, 60, 40) if key == "zoodip" else (40, 90, 200)  # the default in red
             d.rectangle((cx - slot * 0.3, y, cx + slot * 0.3, bottom), fill=colour)
             lo = bottom - max(0.0, s["accuracy_mean"] - s["accuracy_sd"]) * (bottom - top)
             hi = bottom - min(1.0, s["accuracy_mean"] + s["accuracy_sd"]) * (bottom - top)
@@ -556,6 +560,62 @@ def plot_ablations(result: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+COLOURS = {
+    "zoodip": (200, 50, 40),
+    "vanilla": (120, 120, 120),
+    "ti": (40, 90, 200),
+    "sg": (230, 150, 30),
+    "puts": (60, 160, 90),
+    "ti_steps": (140, 80, 190),
+}
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> Path:
+    """Classifier accuracy (mean over seeds) against forward-pass equivalents, one line per method."""
+    from PIL import Image, ImageDraw
+
+    summary = result["summary"]
+    w, h, pad = 560, 300, 44
+    img = Image.new("RGB", (w + 170, h), "white")
+    d = ImageDraw.Draw(img)
+    xmax = max((c["forward_equivalents"] for v in summary.values() for c in v["curve"]), default=1)
+    left, right, top, bottom = pad, w - 10, 14, h - pad
+
+    def xy(f: float, acc: float) -> tuple[float, float]:
+        return left + f / xmax * (right - left), bottom - acc * (bottom - top)
+
+    d.line((left, top, left, bottom), fill="gray")
+    d.line((left, bottom, right, bottom), fill="gray")
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        d.text((4, xy(0, frac)[1] - 6), f"{frac:.0%}", fill="gray")
+        d.text((xy(frac * xmax, 0)[0] - 12, bottom + 6), f"{frac * xmax:.0f}", fill="gray")
+    d.text((left + 80, h - 18), "forward-pass equivalents (TI: 3 per step)", fill="black")
+    for i, (m, v) in enumerate(summary.items()):
+        colour = COLOURS.get(m, (0, 0, 0))
+        pts = [(0.0, result["baselines"]["init_word"]["accuracy"])] + [
+            (c["forward_equivalents"], c["accuracy_mean"]) for c in v["curve"]
+        ]
+        d.line([xy(*p) for p in pts], fill=colour, width=3)
+        for p in pts[1:]:
+            x, y = xy(*p)
+            d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        d.line((w + 4, 20 + 18 * i, w + 24, 20 + 18 * i), fill=colour, width=3)
+        d.text((w + 30, 14 + 18 * i), LABELS.get(m, m), fill="black")
+    d.text((w + 4, 20 + 18 * len(summary)), "classifier: purple cross", fill="gray")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def draw(result: dict[str, Any], out: Path) -> None:
+    """The tables and plots of a result (``out``: its JSON path); the sample grid needs a run."""
+    out.with_suffix(".md").write_text(table(result) + "\n")
+    if result.get("ablations"):
+        plot_ablations(result, out.with_suffix(".png"))
+    elif any(v.get("curve") for v in result["summary"].values()):
+        plot_curves(result, out.with_name(out.stem + "_curve.png"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -577,15 +637,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--from-partial", metavar="JSON", help="summarize an interrupted run's .partial.json (no sampling, no grid)")
+    p.add_argument("--replot", metavar="JSON", help="no run: redo a result's summary, table and plots")
     a = p.parse_args(argv)
-    if a.from_partial:
-        part = Path(a.from_partial)
-        result = json.loads(part.read_text())
+    if a.from_partial or a.replot:
+        src = Path(a.from_partial or a.replot)
+        result = json.loads(src.read_text())
         result["summary"] = summarize(result)
-        result["partial"] = True  # some methods or seeds may be missing
-        out = part.with_name(part.name.replace(".partial.json", ".json"))
+        out = src
+        if a.from_partial:
+            result["partial"] = True  # some methods or seeds may be missing
+            out = src.with_name(src.name.replace(".partial.json", ".json"))
         out.write_text(json.dumps(result, indent=1))
-        out.with_suffix(".md").write_text(table(result) + "\n")
+        draw(result, out)
         print(table(result))
         return 0
     import torch

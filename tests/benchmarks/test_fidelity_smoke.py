@@ -27,6 +27,7 @@ def test_fidelity_benchmark_smoke(tmp_path):
     data = json.loads((tmp_path / "fidelity_smoke.json").read_text())
     assert (tmp_path / "fidelity_smoke.md").read_text().count("|") > 20
     assert (tmp_path / "fidelity_samples_smoke.png").stat().st_size > 0
+    assert (tmp_path / "fidelity_smoke_curve.png").stat().st_size > 0
     from benchmarks.toymodel import data as toy
 
     assert data["init_word"] == toy.TOKEN_INIT_WORD  # the benchmark starts where the toy workflow does
@@ -105,3 +106,20 @@ def test_fidelity_refuses_a_missing_clip_model(tmp_path):
     p = fidelity("--size", "smoke", "--clip-model", str(tmp_path / "nope.pt"), "--out-dir", str(tmp_path / "out"))
     assert p.returncode == 2 and "is not a file" in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_ablation_plan_runs_each_default_once_and_keys_values():
+    from benchmarks import fidelity as f
+
+    groups = dict(f.plan(["zoodip"], ["puts_band", "tau", "n"]))
+    assert list(groups)[0] == "zoodip" and groups["zoodip"] == f.method_config("zoodip")
+    # each ablation's default value is the zoodip run, not a second copy of it
+    assert "puts=500-900" not in groups and "tau=32" not in groups and "queries=2" not in groups
+    assert groups["puts=0-1000"]["puts"] == (0, 1000) and groups["puts=0-1000"]["tau"] == f.ZO["tau"]
+    assert groups["queries=4"]["queries"] == 4 and groups["tau=8"]["puts"] == f.ZO["puts"]
+    assert f.ablation_key("puts", [500, 900]) == "zoodip" and f.ablation_key("nu", 1e-2) == "nu=0.01"
+    # methods switch SG and PUTS as named
+    assert f.method_config("vanilla")["puts"] is None and f.method_config("vanilla")["tau"] is None
+    assert f.method_config("sg")["puts"] is None and f.method_config("sg")["tau"] == f.ZO["tau"]
+    assert f.method_config("puts")["tau"] is None and f.method_config("puts")["puts"] == f.ZO["puts"]
+    assert f.steps_for(f.method_config("ti"), 1200) == 400 and f.steps_for(f.method_config("ti_steps"), 1200) == 1200
