@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 4)")
     c.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "toymodel_check.json"))
     c.add_argument("--grid", default=str(ROOT / "benchmarks" / "results" / "toymodel_samples.png"))
+    w = sub.add_parser("workflow", help="queue the shipped toy workflow headless; classify its previews and samples")
+    w.add_argument("--size", choices=("full", "smoke"), default="full")
+    w.add_argument("--steps", type=int, default=None, help="training steps (default: the workflow's)")
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "toy_workflow.json"))
+    w.add_argument("--grid", default=str(ROOT / "benchmarks" / "results" / "toy_workflow_previews.png"))
     a = p.parse_args(argv)
 
     import torch
@@ -74,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import model
 
+    if a.cmd == "workflow":
+        from . import workflow
+
+        with HeadlessHost() as host:
+            r = workflow.run(host, model.cached(a.size, _say), Path(a.out), Path(a.grid), a.steps, _say)
+        print(json.dumps(r, indent=1))
+        return 0
     with HeadlessHost(load_pack=False) as host:
         if a.cmd == "build":
             path = model.checkpoint_path(a.size)

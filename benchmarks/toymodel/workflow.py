@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,55 @@ def make(src: Path = ROOT / "workflows" / "train_token.json") -> dict[str, Any]:
 def write(out: Path = ROOT / "workflows" / "train_token_toy.json") -> Path:
     out.write_text(json.dumps(make(), indent=2) + "\n")
     return out
+
+
+def run(host: Any, ckpt: Path, out: Path | None, grid_path: Path | None, steps: int | None = None,
+        say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Queue the shipped API workflow, as a user would, in a headless host with the pack loaded;
+    classify its training previews and its final samples (is the preview turning into the concept?)."""
+    from devtools.host import load_api_workflow
+
+    from . import check, classifier, cli
+
+    t0 = time.perf_counter()
+    link = host.model_dir("checkpoints") / CKPT
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(Path(ckpt).resolve())
+    cli.install_photos(host.base)
+    api = load_api_workflow(ROOT / "workflows" / "api" / "train_token_toy.api.json")
+    by_type = {v["class_type"]: k for k, v in api.items()}
+    train = api[by_type["ZOODiPTrainToken"]]["inputs"]
+    if steps:  # a shorter run keeps at least two previews
+        train["steps"] = steps
+        train["preview_every"] = max(1, min(int(train["preview_every"]), steps // 2))
+    api[by_type["ZOODiPSaveEmbedding"]]["inputs"]["overwrite"] = True  # a scratch host: rerunnable
+    say(f"queueing the toy workflow: {train['steps']} steps, previews every {train['preview_every']}")
+    r = host.run_prompt(api)
+    if not r.ok:
+        raise RuntimeError(f"the toy workflow failed: {r.errors}")
+    previews = r.value(by_type["ZOODiPTrainToken"], 3).float()
+    final = r.value(by_type["VAEDecode"], 0).float()
+    import nodes
+
+    vae = nodes.CheckpointLoaderSimple().load_checkpoint(CKPT)[2]
+    clf = classifier.cached(vae, Path(ckpt).name, **check.CLASSIFIER["full"])
+    every = int(train["preview_every"])
+    result = {
+        "checkpoint": Path(ckpt).name, "steps": int(train["steps"]), "init_word": train["init_word"],
+        "preview_steps": [every * (i + 1) for i in range(previews.shape[0])],
+        "preview_is_concept": [bool(x) for x in clf.is_concept(previews, data.HELD_OUT)],
+        "final_accuracy": float(clf.is_concept(final, data.HELD_OUT).mean()),
+        "final_images": int(final.shape[0]),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    if grid_path is not None:
+        check.grid([previews, final], grid_path)
+    return result
 
 
 if __name__ == "__main__":

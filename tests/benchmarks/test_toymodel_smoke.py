@@ -112,3 +112,23 @@ def test_toy_workflow_runs_on_the_toy_checkpoint(host, toy):
     assert previews.shape == (2, 32, 32, 3)  # two previews at the toy model's 32 px
     images = r.value(by_type["VAEDecode"], 0)
     assert images.shape == (4, 32, 32, 3)
+
+
+def test_workflow_command_queues_the_shipped_workflow_and_classifies_its_previews(tmp_path):
+    """``python -m benchmarks.toymodel workflow``: the README's check that the previews turn into
+    the concept; in a subprocess (its own headless host), smoke model, 4 steps."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out, grid = tmp_path / "wf.json", tmp_path / "wf.png"
+    cmd = [sys.executable, "-m", "benchmarks.toymodel", "workflow", "--size", "smoke", "--steps", "4",
+           "--out", str(out), "--grid", str(grid)]
+    p = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["steps"] == 4 and r["preview_steps"] == [2, 4] and len(r["preview_is_concept"]) == 2
+    assert r["init_word"] == data.TOKEN_INIT_WORD and r["final_images"] == 4 and 0.0 <= r["final_accuracy"] <= 1.0
+    assert grid.stat().st_size > 0
