@@ -525,7 +525,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot_ablations(result: dict[str, Any], path: Path) -> Path:
-    """One panel per ablation: classifier accuracy (mean, whiskers ± sd over seeds) per value."""
+    """One panel per ablation: classifier accuracy per value (bar: mean, whisker: ± sd, dots: seeds)."""
     from PIL import Image, ImageDraw
 
     ablations = result["ablations"]
@@ -556,6 +556,10 @@ def plot_ablations(result: dict[str, Any], path: Path) -> Path:
             lo = bottom - max(0.0, s["accuracy_mean"] - s["accuracy_sd"]) * (bottom - top)
             hi = bottom - min(1.0, s["accuracy_mean"] + s["accuracy_sd"]) * (bottom - top)
             d.line((cx, lo, cx, hi), fill="black", width=2)
+            for r in result["runs"]:  # each seed's own accuracy: with few seeds the spread is the story
+                if r.get("variant") == key:
+                    ry = bottom - r["accuracy"] * (bottom - top)
+                    d.ellipse((cx + slot * 0.12 - 3, ry - 3, cx + slot * 0.12 + 3, ry + 3), fill="white", outline="black")
             d.text((cx - slot * 0.45, bottom + 4), variant_key(param, v).split("=", 1)[1], fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
