@@ -18,15 +18,17 @@ by default; the class word "shape" already draws one most of the time, see --ini
 band, tau, nu, n, mu). Each token is judged by
 
 - the classifier (benchmarks/toymodel/classifier.py): share of images sampled with
-  "a photo of a <token>" that show a purple cross;
+  "a photo of a <token>" that show a purple cross (also at 4 points along the budget);
 - the held-out denoising loss on 8 *other* purple-cross images (fixed draws over all timesteps)
-  with the token, against the concept's own words, the init word's caption and a wrong caption.
+  with the token, against the concept's own words, the init word's caption and a wrong caption;
+- with ``--clip-model``, CLIP-I and CLIP-T through the Evaluate Token node.
 
-    python benchmarks/fidelity.py [--size full|smoke] [--budget 300] [--seeds 0,1,2] [--methods ...]
-    python benchmarks/fidelity.py --ablations puts_band,tau,nu,n,mu
+    python benchmarks/fidelity.py [--size full|smoke] [--budget 1200] [--seeds 0,1,2] [--methods ...]
+    python benchmarks/fidelity.py --ablations puts_band,tau,nu,n,mu      # 600, seeds 0,1
+    python benchmarks/fidelity.py --replot benchmarks/results/fidelity.json
 
-Writes benchmarks/results/fidelity.json, fidelity.md and fidelity_samples.png (ablations:
-fidelity_ablations.json, .md and .png).
+Writes benchmarks/results/fidelity.json, .md, fidelity_curve.png and fidelity_samples.png
+(ablations: fidelity_ablations.json, .md and .png).
 """
 
 from __future__ import annotations
