@@ -235,7 +235,7 @@ def run(
         from benchmarks.speed import FirstOrderTI
 
         model_obj, clip, vae = check.load_in_host(session, ckpt)
-        clip_scores = _clip_scorer(session, clip_model, clip_architecture)
+        clip_scores = _clip_scorer(session, clip_model, clip_architecture, result["clip_text"])
         say("classifier")
         clf = classifier.cached(vae, ckpt.name, **check.CLASSIFIER[size])  # the one check.py trained
         result["classifier_test_accuracy"] = clf.test_accuracy
@@ -329,10 +329,12 @@ def run(
                     else:
                         ti = FirstOrderTI(torch, r.loss_fn, r.trainer.theta.detach().clone(), derive_seed, seed=seed, lr=TI_LR)
                         history = []
-                        for k in range(steps[key]):
+                        segment = every or steps[key]  # one sampling session per stretch between checkpoints
+                        while len(history) < steps[key]:
                             with host.sampling_session(model_obj, clip):
-                                history.append(ti.step()["loss"])
-                            if every and (k + 1) % every == 0 and k + 1 < steps[key]:
+                                for _ in range(min(segment, steps[key] - len(history))):
+                                    history.append(ti.step()["loss"])
+                            if len(history) < steps[key]:
                                 checkpoint(ti.theta, r.family, r.loss_fn.evaluations)
                         theta = ti.theta.detach().clone()
                 forwards = r.loss_fn.evaluations
@@ -376,7 +378,7 @@ def run(
     return result
 
 
-def _clip_scorer(session, weights: Path | None, architecture: str) -> Callable[[Any, Any], dict[str, float]]:
+def _clip_scorer(session, weights: Path | None, architecture: str, text: str | None) -> Callable[[Any, Any], dict[str, float]]:
     """CLIP-I (to the reference photos) and CLIP-T (to the concept's words) through the pack's
     Evaluate Token node, with the user's open_clip weights linked into the host's models/open_clip;
     without weights, nothing (no network, no pretrained CLIP here)."""
@@ -391,19 +393,12 @@ def _clip_scorer(session, weights: Path | None, architecture: str) -> Callable[[
         if not link.exists():
             link.symlink_to(f)
     node = importlib.import_module(f"{session.pack_module.__name__}.nodes.evaluate").ZOODiPEvaluate()
-    text = "a photo of a " + " ".join(_held_out())
 
     def scores(imgs, refs) -> dict[str, float]:
         clip_i, clip_t, _ = node.evaluate(imgs, refs, text, weights.name, architecture)["result"]
         return {"clip_i": float(clip_i), "clip_t": float(clip_t)}
 
     return scores
-
-
-def _held_out() -> tuple[str, str]:
-    from benchmarks.toymodel import data
-
-    return data.HELD_OUT
 
 
 def _suffix(size: str) -> str:

@@ -89,11 +89,7 @@ def run(host: Any, ckpt: Path, out: Path | None, grid_path: Path | None, steps: 
     from . import check, classifier, cli
 
     t0 = time.perf_counter()
-    link = host.model_dir("checkpoints") / CKPT
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(Path(ckpt).resolve())
+    vae = check.load_in_host(host, ckpt, CKPT)[2]  # links it where the workflow looks; the classifier needs the VAE
     cli.install_photos(host.base)
     api = load_api_workflow(ROOT / "workflows" / "api" / "train_token_toy.api.json")
     by_type = {v["class_type"]: k for k, v in api.items()}
@@ -108,9 +104,6 @@ def run(host: Any, ckpt: Path, out: Path | None, grid_path: Path | None, steps: 
         raise RuntimeError(f"the toy workflow failed: {r.errors}")
     previews = r.value(by_type["ZOODiPTrainToken"], 3).float()
     final = r.value(by_type["VAEDecode"], 0).float()
-    import nodes
-
-    vae = nodes.CheckpointLoaderSimple().load_checkpoint(CKPT)[2]
     clf = classifier.cached(vae, Path(ckpt).name, **check.CLASSIFIER["full"])
     every = int(train["preview_every"])
     result = {
