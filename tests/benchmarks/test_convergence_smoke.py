@@ -2,7 +2,7 @@
 
 In a subprocess (the benchmark starts its own headless host, which can be set up once per
 process): 2 seeds x 6 variants x 6 forward passes on the tiny checkpoint, ~30 s of CPU with one
-torch thread. The full default run's figures are in benchmarks/results/convergence.json (README).
+torch thread. The full default run's figures are in benchmarks/results/convergence.json (docs/benchmarks.md).
 """
 
 from __future__ import annotations

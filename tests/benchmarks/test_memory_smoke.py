@@ -1,7 +1,7 @@
 """benchmarks/memory.py runs end to end on the tiny checkpoint and writes a complete result.
 
 Two cases (int8: sampling and chunked training), each in its own process as the benchmark runs
-them; ~40 s of CPU on 2 cores. The full-size figures come from a manual run (README).
+them; ~40 s of CPU on 2 cores. The full-size figures come from a manual run (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def test_toy_workflow_runs_on_the_toy_checkpoint(host, toy):
 
 
 def test_workflow_command_queues_the_shipped_workflow_and_classifies_its_previews(tmp_path):
-    """``python -m benchmarks.toymodel workflow``: the README's check that the previews turn into
+    """``python -m benchmarks.toymodel workflow``: the check (docs/benchmarks.md) that the previews turn into
     the concept; in a subprocess (its own headless host), smoke model, 4 steps."""
     import json
     import subprocess
