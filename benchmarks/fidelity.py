@@ -205,11 +205,8 @@ def run(
     steps = {key: steps_for(c, budget) for key, c in groups}  # a bad budget fails before any work
     name = "fidelity_ablations" if ablations else "fidelity"
     t_start = time.perf_counter()
-    ckpt = model.cached(size, say=say)
     result: dict[str, Any] = {
         "size": size,
-        "checkpoint": ckpt.name,
-        "toymodel": model.info(ckpt),
         "budget_forwards": budget,
         "seeds": seeds,
         "zo": ZO,
@@ -228,6 +225,8 @@ def run(
     if clip_model is not None and not Path(clip_model).is_file():
         raise ValueError(f"--clip-model {clip_model} is not a file: give an open_clip weights file (e.g. ViT-B-32)")
     with HeadlessHost() as session:
+        ckpt = model.cached(size, say=say)  # inside the host: building it (first use) needs comfy
+        result.update(checkpoint=ckpt.name, toymodel=model.info(ckpt))
         pk = _pack(session)
         host, training, S = pk["host"], pk["training"], pk["settings"]
         DenoisingLoss, held_out_loss = pk["loss"].DenoisingLoss, pk["loss"].held_out_loss
