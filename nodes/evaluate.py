@@ -63,7 +63,7 @@ class ZOODiPEvaluate:
         path = folder_paths.get_full_path(OPEN_CLIP_DIR, clip_model) if clip_model != NONE else None
         if path is None:
             raise ValueError(f"no open_clip model selected: put a weights file in {os.path.join(folder_paths.models_dir, OPEN_CLIP_DIR)}")
-        gen, ref = ev.to_pil(images), ev.to_pil(references)
+        gen, ref = ev.to_pil(images, "images"), ev.to_pil(references, "references")
         model, preprocess, tokenizer = ev.load_open_clip(Path(path), clip_architecture)
         scores = ev.clip_scores(model, preprocess, tokenizer, gen, ref, prompt)
         dino = -1.0

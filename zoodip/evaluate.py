@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 
-def to_pil(images: torch.Tensor) -> list:
+def to_pil(images: torch.Tensor, what: str = "images") -> list:
     """ComfyUI IMAGE (B, H, W, C, 0..1) -> PIL images, as any image file would be read."""
     from PIL import Image
 
-    arr = (images[..., :3].clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    from .images import rgb_batch
+
+    arr = (rgb_batch(images, what).cpu().numpy() * 255.0).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arr]
 
 
@@ -48,11 +50,25 @@ def load_open_clip(weights: Path, architecture: str, device: str = "cpu"):
             f"unknown open_clip architecture {architecture!r}: pick one open_clip lists (e.g. ViT-B-32), "
             f"or put its config as {config.name} beside the weights"
         )
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        architecture, pretrained=str(weights), device=device, weights_only=True
-    )
+    if not weights.is_file():  # open_clip would take a missing path for a tag to download
+        raise ValueError(f"{weights} is not a file: put the open_clip weights in models/open_clip")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            architecture, pretrained=str(weights), device=device, weights_only=True
+        )
+    except (RuntimeError, AssertionError, KeyError, ValueError) as e:
+        # strict loading (keys or shapes that do not fit), or open_clip's own checks on the weights
+        raise ValueError(
+            f"{weights.name} does not fit the open_clip architecture {architecture!r} ({_first_line(e)}): set "
+            f"clip_architecture to the file's architecture, or put its config as {config.name} beside it"
+        ) from None
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(architecture)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return "; ".join(lines[:2])[:300] if lines else type(e).__name__
 
 
 @torch.no_grad()
@@ -65,19 +81,60 @@ def clip_scores(model, preprocess, tokenizer, generated: list, references: list,
     return {"clip_i": _mean_pair_cosine(g, r), "clip_t": _mean_pair_cosine(g, t)}
 
 
+# keys a file may hold that a feature extractor (num_classes=0) does not use
+_UNUSED_KEYS = ("head.", "fc_norm.", "mask_token")
+
+
 def load_dino(weights: Path, architecture: str, device: str = "cpu"):
-    """A timm ViT (e.g. vit_base_patch14_dinov2) with the user's weights, read without pickles."""
+    """A timm ViT (e.g. vit_base_patch14_dinov2) with the user's weights, read without pickles.
+
+    Every weight of the architecture must come from the file (timm's own key conversion for the
+    official DINOv2 files is applied first): a file for another architecture would otherwise leave
+    random weights behind a confident-looking score.
+    """
     import timm
 
     weights = Path(weights)
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd = load_file(str(weights))
-    else:
-        sd = torch.load(weights, map_location="cpu", weights_only=True)
-    model = timm.create_model(architecture, pretrained=False, num_classes=0)
-    model.load_state_dict(sd, strict=False)
+            sd = load_file(str(weights))
+        else:
+            sd = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{weights.name} could not be read as weights ({_first_line(e)}): it is damaged, or not a "
+                         "weights file (pickles with code are never run)") from None
+    if not isinstance(sd, dict):
+        raise ValueError(f"{weights.name} holds a {type(sd).__name__}, not a dict of weights")
+    try:
+        model = timm.create_model(architecture, pretrained=False, num_classes=0)
+    except RuntimeError as e:
+        raise ValueError(f"unknown timm architecture {architecture!r} ({_first_line(e)}): set dino_architecture to "
+                         "the file's, e.g. vit_base_patch14_dinov2") from None
+    filter_fn = getattr(__import__(type(model).__module__, fromlist=["x"]), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            sd = filter_fn(sd, model)
+        except Exception:  # a file the converter does not understand is judged as it is
+            pass
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shapes that do not fit
+        raise ValueError(
+            f"{weights.name} does not fit the timm architecture {architecture!r} ({_first_line(e)}): set "
+            "dino_architecture to the file's architecture"
+        ) from None
+    unexpected = [k for k in unexpected if not k.startswith(_UNUSED_KEYS)]
+    if missing or unexpected:
+        total = len(model.state_dict())
+        raise ValueError(
+            f"{weights.name} does not fit the timm architecture {architecture!r}: {len(missing)} of its {total} weights "
+            f"are not in the file{' (e.g. ' + missing[0] + ')' if missing else ''}"
+            f"{f', and {len(unexpected)} weights of the file belong to none (e.g. {unexpected[0]})' if unexpected else ''}. "
+            "Scoring with the missing ones left random would be meaningless: set dino_architecture to the file's "
+            "architecture, or pick the right file"
+        )
     return model.eval().to(device)
 
 
