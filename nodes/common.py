@@ -9,7 +9,7 @@ import folder_paths
 
 from ..zoodip import embedding as emb_io
 from ..zoodip.embedding import Embedding
-from ..zoodip.files import atomic_write, check_name, inside
+from ..zoodip.files import check_name, inside
 
 log = logging.getLogger("zoodip")
 
@@ -47,27 +47,48 @@ def save_snapshot(embedding: Embedding, step: int) -> Path:
     """``zoodip-runs/<token>/step-<k>.safetensors`` plus its training state; never replaces a file.
 
     A name that is taken (an earlier run of the same token reached the same step) gets a suffix:
-    ``step-<k>-2``, ``step-<k>-3``... Both files are written atomically (temp file + link), the
-    state first: an embedding file whose state is missing is still usable, the reverse is not.
+    ``step-<k>-2``, ``step-<k>-3``... The pair is written as one unit (both files or neither), each
+    atomically (temp file + link).
     """
     folder = runs_dir(embedding.name)
     for i in range(1, 10_000):
         path = folder / (f"step-{step}.safetensors" if i == 1 else f"step-{step}-{i}.safetensors")
-        state = emb_io.state_path(path)
-        if path.exists() or state.exists():
+        if path.exists() or emb_io.state_path(path).exists():
             continue
-        wrote_state = False
         try:
-            if embedding.state is not None:
-                atomic_write(state, emb_io.state_to_bytes(embedding.state))
-                wrote_state = True
-            emb_io.save(embedding, path)
+            emb_io.save_with_state(embedding, path, state_overwrite=False)
         except FileExistsError:  # another writer took the name between the check and the write
-            if wrote_state:
-                state.unlink(missing_ok=True)
             continue
         return path
     raise FileExistsError(f"no free snapshot name for step {step} in {folder}")
+
+
+def check_saves_before_training(prompt, node_id, token_name: str) -> None:
+    """Refuse, before training, a run whose token a Save Embedding in the same prompt could not save.
+
+    Save Embedding refuses an existing file (without overwrite) only when it runs, after the whole
+    training; the prompt (the host's hidden PROMPT input) shows which Save nodes take this node's
+    embedding, so their target is checked here, before any expensive work. Only literal values are
+    judged: a linked filename or overwrite is checked by Save itself.
+    """
+    if not isinstance(prompt, dict) or node_id is None:
+        return
+    for save_id, node in prompt.items():
+        if not isinstance(node, dict) or node.get("class_type") != "ZOODiPSaveEmbedding":
+            continue
+        inputs = node.get("inputs") or {}
+        link = inputs.get("embedding")
+        if not (isinstance(link, list) and len(link) == 2 and str(link[0]) == str(node_id) and link[1] == 1):
+            continue
+        filename, overwrite = inputs.get("filename", ""), inputs.get("overwrite", False)
+        if not isinstance(filename, str) or not isinstance(overwrite, bool) or overwrite:
+            continue
+        path = embedding_path(filename or token_name)
+        if path.exists():
+            raise FileExistsError(
+                f"{path} already exists, so Save Embedding (node {save_id}) would refuse it after training: choose "
+                "another filename there, or turn its overwrite on (checked before training, so none is wasted)"
+            )
 
 
 def snapshot_name(path: Path) -> str:

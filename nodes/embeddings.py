@@ -10,6 +10,7 @@ import torch
 
 from ..zoodip import embedding as emb_io
 from ..zoodip.files import check_name
+from ..zoodip.trainer import check_state
 from . import host
 from .common import embedding_path, embeddings_dir
 
@@ -47,14 +48,8 @@ class ZOODiPSaveEmbedding:
 
     def save(self, embedding, filename, overwrite):
         path = embedding_path(filename or embedding.name)
-        state = embedding.state
-        emb_io.save(embedding, path, overwrite=overwrite)
-        sp = emb_io.state_path(path)
-        if state is not None:  # for an exact resume later; the host does not list this file
-            emb_io.atomic_write(sp, emb_io.state_to_bytes(state), overwrite=True)
-        elif overwrite and sp.exists():
-            # the replaced file's state belongs to other vectors: a resume must not pick it up
-            sp.unlink()
+        # the embedding and its state (for an exact resume later; the host does not list it): both or neither
+        emb_io.save_with_state(embedding, path, overwrite=overwrite)
         log.info("ZOODiP: saved %s", path)
         return {"ui": {"text": [f"saved {path.name}: use embedding:{path.stem} in a prompt"]}}
 
@@ -112,13 +107,15 @@ def _read_state(emb, sp: Path) -> dict | None:
         return None
     try:
         state = emb_io.state_from_bytes(sp.read_bytes())
-        theta = state["theta"]
+        theta = state.get("theta") if isinstance(state, dict) else None
         vectors = torch.cat([v.float() for v in emb.vectors.values()], dim=-1)
         if not torch.is_tensor(theta) or theta.shape != vectors.shape or not torch.equal(theta.float(), vectors):
             log.warning("ZOODiP: %s does not belong to the vectors in the embedding file (replaced?); ignored", sp.name)
             return None
+        check_state(state, tuple(vectors.shape))
     except Exception as e:  # a damaged file: the embedding still loads
-        log.warning("ZOODiP: could not read the training state %s (%s); loading the embedding without it", sp.name, e)
+        log.warning("ZOODiP: the training state %s cannot be used (%s); loading the embedding without it (a resume "
+                    "restarts from its vectors at step 0)", sp.name, e)
         return None
     return state
 
@@ -151,4 +148,5 @@ class ZOODiPApplyEmbedding:
 
     def apply(self, clip, embedding, token_name):
         name = check_name(token_name or embedding.name)
+        emb_io.check_vectors(embedding)  # a NaN token would turn every image black
         return (host.apply_embedding(clip, embedding, name),)

@@ -21,6 +21,7 @@ import comfy.samplers
 import torch
 
 from ..zoodip.embedding import Embedding
+from ..zoodip.settings import MAX_VECTORS
 
 log = logging.getLogger("zoodip")
 
@@ -197,7 +198,7 @@ class TokenTextEncoder:
             for key in family.encoders:
                 chunks = tokens[key]
                 if len(chunks) != 1:
-                    raise ValueError(f"prompt template {template!r} is too long: it must fit in one 77-token window")
+                    raise _too_long(clip, key, template, num_vectors)
                 seq = [t for t, *_ in chunks[0]]
                 positions = [i for i, t in enumerate(seq) if torch.is_tensor(t)]
                 if len(positions) != num_vectors:
@@ -236,6 +237,22 @@ class TokenTextEncoder:
         (zl, _), (zg, pooled) = out["l"], out["g"]
         cut = min(zl.shape[1], zg.shape[1])
         return {"cross_attn": torch.cat([zl[:, :cut], zg[:, :cut]], dim=-1), "pooled_output": pooled}
+
+
+def _too_long(clip, key: str, template: str, num_vectors: int) -> ValueError:
+    """Say which of the two fills CLIP's window: the template's own words or the token's vectors."""
+    slots = MAX_VECTORS  # 77 minus the start and end tokens
+    words = getattr(clip.tokenizer, f"clip_{key}").tokenizer(template.replace("{token}", ""))["input_ids"]
+    own = max(0, len(words) - 2)
+    if own >= slots:
+        return ValueError(
+            f"prompt template {template!r} is too long: its words alone take {own} of CLIP's {slots} token slots; "
+            "shorten it"
+        )
+    return ValueError(
+        f"num_vectors {num_vectors} plus the {own} tokens of prompt template {template!r} need {num_vectors + own} of "
+        f"CLIP's {slots} token slots: with this template num_vectors can be at most {slots - own} (or shorten the template)"
+    )
 
 
 class HostDenoiser:

@@ -11,12 +11,12 @@ import folder_paths
 import numpy as np
 import torch
 
-from ..zoodip.embedding import Embedding
+from ..zoodip.embedding import Embedding, check_vectors
 from ..zoodip.settings import MAX_VECTORS, TrainSettings
 from ..zoodip.templates import DEFAULT_TEMPLATES_TEXT
-from ..zoodip.trainer import NonFiniteLossError
+from ..zoodip.trainer import NonFiniteLossError, NothingLearnedError, check_state
 from . import host, training
-from .common import save_snapshot, snapshot_name
+from .common import check_saves_before_training, save_snapshot, snapshot_name
 
 log = logging.getLogger("zoodip")
 
@@ -107,7 +107,7 @@ class ZOODiPTrainToken:
                 "preview_prompt": ("STRING", {"default": "a photo of {token}", "tooltip": _T["preview_prompt"]}),
                 "query_batch": ("INT", {"default": 2, "min": 0, "max": 64, "tooltip": _T["query_batch"]}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
     @classmethod
@@ -129,7 +129,7 @@ class ZOODiPTrainToken:
     def train(self, model, clip, vae, images, token_name, init_word, num_vectors, steps, learning_rate, queries,
               perturbation, seed, puts=None, subspace=None, prompt_templates="", resume=None, two_sided=False,
               held_out_every=0, save_every=0, preview_every=0, preview_prompt="a photo of {token}", query_batch=2,
-              unique_id=None):
+              unique_id=None, prompt=None):
         settings = TrainSettings(
             token_name=token_name, init_word=init_word, num_vectors=num_vectors, steps=steps,
             learning_rate=learning_rate, queries=queries, perturbation=perturbation, seed=seed,
@@ -139,6 +139,7 @@ class ZOODiPTrainToken:
         if save_every is None or int(save_every) < 0:
             raise ValueError(f"save_every must be 0 (off) or a number of steps, got {save_every}")
         save_every = int(save_every)
+        check_saves_before_training(prompt, unique_id, token_name)
         if resume is not None:
             settings.validate()  # a bad setting is reported as such, not as a resume mismatch
             resume = check_resume(resume, settings, host.detect_family(model, clip))
@@ -190,12 +191,12 @@ class ZOODiPTrainToken:
         except Exception as e:  # Cancel, non-finite losses, or anything else: keep what was learned
             step = run.trainer.step_count
             where = None
-            if step > saved["step"]:
+            if training.learned_since(run, saved["step"]):
                 try:
                     snapshot()
                 except Exception as save_error:  # never hide the original error behind this one
                     log.error("ZOODiP: could not save the token learned so far: %s", save_error)
-            if step == saved["step"] and saved["path"] is not None:
+            if not training.learned_since(run, saved["step"]) and saved["path"] is not None:
                 where = saved["path"]
             what = "cancelled" if isinstance(e, mm.InterruptProcessingException) else "stopped by an error"
             if where is not None:
@@ -210,8 +211,13 @@ class ZOODiPTrainToken:
                         f"{e}. The last good token is saved as {name} (Load Embedding lists it)."
                     ) from e
             else:
-                log.warning("ZOODiP %s: %s at step %d of %d; no step was completed since step %d, nothing to save",
+                log.warning("ZOODiP %s: %s at step %d of %d; no step changed the token since step %d, nothing to save",
                             token_name, what, step, steps, start)
+                if isinstance(e, NonFiniteLossError) and not isinstance(e, NothingLearnedError):
+                    raise NonFiniteLossError(
+                        f"{e}. No step of this run changed the token, so nothing was saved (it is still "
+                        f"{'the resumed embedding' if resume is not None else 'init_word ' + repr(init_word)})."
+                    ) from e
             raise
         emb = _embedding(run)
         trained_clip = host.clip_with_embeddings(clip, {token_name: emb.vectors})
@@ -261,6 +267,7 @@ def check_resume(resume: Embedding, settings: TrainSettings, family) -> Embeddin
     """
     if not isinstance(resume, Embedding):
         raise ValueError("resume must be an EMBEDDING (from Load Embedding or ZOODiP Train Token)")
+    check_vectors(resume, f"resume {resume.name!r}")
     trained_on = (resume.state or {}).get("family") or resume.metadata.get("zoodip.family")
     if trained_on and trained_on != family.name:
         raise ValueError(
@@ -282,8 +289,15 @@ def check_resume(resume: Embedding, settings: TrainSettings, family) -> Embeddin
         if key in stored and stored[key] != current[key]:
             raise ValueError(f"resume {resume.name!r} was trained with {key}={stored[key]}, this run has {current[key]}")
     theta = state.get("theta")
-    if theta is None or tuple(theta.shape) != (settings.num_vectors, sum(family.dims)):
+    if not torch.is_tensor(theta) or tuple(theta.shape) != (settings.num_vectors, sum(family.dims)):
         raise ValueError(f"the training state of {resume.name!r} does not fit a {family.name} token of {settings.num_vectors} vectors")
+    try:
+        check_state(state, tuple(theta.shape))
+    except ValueError as e:
+        raise ValueError(
+            f"the training state of resume {resume.name!r} cannot be used: {e}. Load the embedding again with Load "
+            "Embedding (a damaged state is then left out and training restarts from its vectors)"
+        ) from None
     changed = [k for k in _APPLIED if k in stored and stored[k] != current[k]]
     if changed:
         log.warning(

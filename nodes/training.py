@@ -6,6 +6,7 @@ Shared by the Train Token node and the command-line runner, so both train the sa
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,13 +15,14 @@ import torch
 
 from ..zoodip.embedding import Embedding
 from ..zoodip.estimator import RandomGradientEstimator
+from ..zoodip.images import MIN_SIDE, rgb_batch
 from ..zoodip.loss import DenoisingLoss, held_out_loss
 from ..zoodip.optim import ZOAdam
 from ..zoodip.projector import SubspaceProjector
 from ..zoodip.seeds import derive_seed
 from ..zoodip.settings import TrainSettings
 from ..zoodip.timesteps import PUTSSampler
-from ..zoodip.trainer import StepResult, ZOTrainer
+from ..zoodip.trainer import NothingLearnedError, StepResult, ZOTrainer
 from . import host
 
 log = logging.getLogger("zoodip")
@@ -76,8 +78,9 @@ def prepare(
 ) -> Run:
     """Validate everything cheap first, then encode the references once and build the trainer."""
     templates = settings.validate()
-    if images is None or not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] == 0:
+    if images is None or (torch.is_tensor(images) and images.ndim == 4 and images.shape[0] == 0):
         raise ValueError("no training images: connect 3-5 photos of the subject (Load Training Images or Load Image)")
+    images = rgb_batch(images, "images", MIN_SIDE)
     family = host.detect_family(model, clip)
     if settings.perturbation != family.paper_mu:
         log.info("ZOODiP: the paper used perturbation (mu) %g for %s; this run uses %g", family.paper_mu, family.name, settings.perturbation)
@@ -189,4 +192,15 @@ def train(
             run.trainer.run(stop, callback)
         if preview_every and on_preview is not None and stop % preview_every == 0:
             on_preview(stop)
+    if run.trainer.step_count > first and not learned_since(run, first):
+        raise NothingLearnedError(
+            f"all {run.trainer.step_count - first} steps of this run gave non-finite losses (NaN/inf) and were skipped: "
+            "the token was not trained, so nothing is returned or saved. Check the model (an fp8 overflow or broken "
+            "weights), or lower the perturbation"
+        )
     return run
+
+
+def learned_since(run: Run, step: int) -> bool:
+    """True when a step after ``step`` changed the token (skipped steps leave NaN in the history)."""
+    return any(not math.isnan(x) for x in run.trainer.history[step:])

@@ -3,7 +3,8 @@
 Formats written (all read by ComfyUI's own ``embedding:`` loader):
 - one text encoder (SD1.x, SD2.x): safetensors with one tensor ``emb_params`` (vectors, dim), kohya's key;
 - two (SDXL): ``clip_l`` (vectors, 768) and ``clip_g`` (vectors, 1280).
-Read as well: A1111 ``.pt`` (``string_to_param``), loaded with ``weights_only=True`` only.
+Read as well: A1111 ``.pt`` (``string_to_param``, also the oldest format whose value is a
+ParameterDict), loaded with ``weights_only=True`` only, never by running code in the file.
 Training state (for exact resume) goes in a separate ``.zoodip-state`` file, which the host does
 not list as an embedding.
 """
@@ -11,6 +12,7 @@ not list as an embedding.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .files import atomic_write
+from .files import atomic_write, write_together
+
+log = logging.getLogger("zoodip")
 
 STATE_SUFFIX = ".zoodip-state"
 SINGLE = "*"  # the key of a one-encoder embedding whose encoder is not known from the file
@@ -82,8 +86,81 @@ def to_bytes(emb: Embedding, extra_metadata: dict[str, str] | None = None) -> by
 
 
 def save(emb: Embedding, path: Path, overwrite: bool = False, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write the embedding atomically; never replaces a file unless ``overwrite``."""
+    """Write the embedding alone, atomically; never replaces a file unless ``overwrite``."""
+    check_vectors(emb)
     return atomic_write(Path(path), to_bytes(emb, extra_metadata), overwrite=overwrite)
+
+
+def save_with_state(
+    emb: Embedding, path: Path, overwrite: bool = False, extra_metadata: dict[str, str] | None = None,
+    state_overwrite: bool = True,
+) -> Path:
+    """The embedding and its training state (``state_path``) as one unit: both are written or neither.
+
+    The embedding file is never replaced unless ``overwrite``. A state file already beside a new
+    embedding belongs to no vectors of it, so it is replaced (unless ``state_overwrite`` is off, as
+    for snapshots, which never replace anything); an embedding saved without a state removes it,
+    so a later resume cannot pick up another token's state.
+    """
+    check_vectors(emb)
+    path = Path(path)
+    sp = state_path(path)
+    files = [(path, to_bytes(emb, extra_metadata), overwrite)]
+    if emb.state is not None:
+        files.append((sp, state_to_bytes(emb.state), state_overwrite))
+    write_together(files)
+    if emb.state is None and sp.exists():
+        try:
+            sp.unlink()
+        except OSError as e:  # the embedding is saved; its stale state is only ignored on load (it does not match)
+            log.warning("ZOODiP: could not remove the old training state %s (%s)", sp, e)
+    return path
+
+
+# The largest value half precision holds: a text encoder running in fp16 turns anything larger
+# into inf, and every image that uses the token black. Real tokens are nowhere near it (CLIP's own
+# token rows are far below 1 in magnitude; trained textual-inversion tokens stay within a few units):
+# such values come from a runaway learning rate or a damaged file.
+MAX_ABS_VALUE = 65504.0
+
+
+def check_vectors(emb: Embedding, source: str | None = None) -> Embedding:
+    """Refuse vectors no text encoder should see: NaN/inf, absurdly large, empty or of the wrong shape."""
+    where = source or f"embedding {emb.name!r}"
+    counts = set()
+    for key, v in emb.vectors.items():
+        label = "" if len(emb.vectors) == 1 else f" ({_FILE_KEYS.get(key, key)})"
+        if not torch.is_tensor(v) or not v.is_floating_point():
+            raise ValueError(f"{where}{label} does not hold float token vectors: it is not an embedding ZOODiP can read")
+        if v.ndim != 2:
+            raise ValueError(
+                f"{where}{label} holds a tensor of shape {tuple(v.shape)}; an embedding is (vectors, width), e.g. "
+                "(1, 768) for SD1.x: this is not a textual-inversion embedding ZOODiP can read"
+            )
+        if v.shape[0] == 0 or v.shape[1] == 0:
+            raise ValueError(
+                f"{where}{label} holds no vectors (shape {tuple(v.shape)}): the file is empty or damaged; "
+                "pick another embedding, or train the token again"
+            )
+        counts.add(v.shape[0])
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(
+                f"{where}{label} holds NaN or infinite values: it is damaged (or was saved from a run that diverged) "
+                "and would turn every image that uses it black. Pick another embedding, or train the token again"
+            )
+        biggest = float(v.abs().max())
+        if biggest > MAX_ABS_VALUE:
+            raise ValueError(
+                f"{where}{label} holds values up to {biggest:.3g}, far beyond any real token (beyond {MAX_ABS_VALUE:g}, "
+                "a half-precision text encoder overflows): it was trained with a runaway learning rate, or is "
+                "damaged. Pick another embedding, or train again with a smaller learning_rate"
+            )
+    if len(counts) > 1:
+        raise ValueError(
+            f"{where} holds a different number of vectors per text encoder ({sorted(counts)}): it is damaged; "
+            "pick another embedding"
+        )
+    return emb
 
 
 def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -92,24 +169,77 @@ def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__", {}) or {})
 
 
+class _ParameterDictData:
+    """Stands in for torch.nn.ParameterDict when reading the oldest textual-inversion ``.pt`` files
+    (``string_to_param`` held a ParameterDict): it keeps the pickled attributes as plain data. No
+    module is built and no code of the file runs; every other class in the file is still refused
+    by ``weights_only``."""
+
+    def __setstate__(self, state) -> None:
+        self.state = state if isinstance(state, dict) else {}
+
+    def values(self):
+        params = self.state.get("_parameters") or {}
+        return [v for v in params.values() if torch.is_tensor(v)]
+
+
+_PARAMETER_DICT = "torch.nn.modules.container.ParameterDict"
+
+
+def _read_pickle(path: Path) -> dict:
+    """A ``.pt``/``.bin`` embedding, read with ``weights_only``: tensors and plain data only."""
+    try:
+        with torch.serialization.safe_globals([(_ParameterDictData, _PARAMETER_DICT)]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles with code in them are refused, not executed
+        try:
+            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g != _PARAMETER_DICT]
+        except Exception:  # not a zip checkpoint: no list to give
+            unsafe = []
+        what = f"it needs {', '.join(unsafe)} to load, which could run code" if unsafe else _first_line(e)
+        raise ValueError(
+            f"{path.name} could not be read safely (weights_only): {what}. Embeddings are read without running "
+            "code in them: use a .safetensors version of this embedding"
+        ) from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path.name} is not an embedding file (it holds a {type(obj).__name__}, not a dict of tensors)")
+    return obj
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        data = path.read_bytes()
+        return st_load(data), _read_safetensors_metadata(data)
+    except OSError:
+        raise
+    except Exception as e:  # the library's text names no file
+        raise ValueError(
+            f"{path.name} is not a readable safetensors file ({_first_line(e)}): it is truncated or damaged; "
+            "download or save it again"
+        ) from e
+
+
 def load(path: Path) -> Embedding:
-    """Read an embedding file (safetensors, or A1111 .pt/.bin with weights_only)."""
+    """Read an embedding file (safetensors, or A1111 .pt/.bin with weights_only), checked:
+    vectors that are non-finite, absurdly large, empty or of the wrong shape are refused."""
     path = Path(path)
     name = path.stem
     meta: dict[str, str] = {}
     if path.suffix.lower() in (".safetensors", ".sft"):
-        data = path.read_bytes()
-        tensors = st_load(data)
-        meta = _read_safetensors_metadata(data)
+        tensors, meta = _read_safetensors(path)
     elif path.suffix.lower() in (".pt", ".bin"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickles with code in them are refused, not executed
-            raise ValueError(f"{path.name} could not be read safely (weights_only): {e}") from e
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path.name} is not an embedding file")
+        obj = _read_pickle(path)
         if "string_to_param" in obj:
-            tensors = {"emb_params": next(iter(obj["string_to_param"].values()))}
+            params = obj["string_to_param"]
+            values = list(params.values()) if hasattr(params, "values") else []
+            if not values or not torch.is_tensor(values[0]):
+                raise ValueError(f"{path.name}: its string_to_param holds no tensor; it is not an embedding ZOODiP can read")
+            tensors = {"emb_params": values[0].detach()}
         else:
             tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)}
     else:
@@ -121,12 +251,19 @@ def load(path: Path) -> Embedding:
         if "emb_params" in tensors:
             candidates = [tensors["emb_params"]]
         if not candidates:
-            raise ValueError(f"{path.name} holds no embedding tensor")
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(tensors.items())[:4])
+            raise ValueError(
+                f"{path.name} holds no embedding tensor ({shapes or 'no tensors'}): an embedding is one tensor "
+                "(vectors, width), e.g. (1, 768) for SD1.x"
+            )
         keys = meta.get("zoodip.encoders", "")
         key = keys if keys and "," not in keys else SINGLE
         vectors = {key: candidates[0]}
-    vectors = {k: (v.unsqueeze(0) if v.ndim == 1 else v).to(torch.float32) for k, v in vectors.items()}
-    return Embedding(name=meta.get("zoodip.name", name), vectors=vectors, metadata=meta)
+    vectors = {k: (v.unsqueeze(0) if v.ndim == 1 else v) for k, v in vectors.items()}
+    emb = Embedding(name=meta.get("zoodip.name", name), vectors=vectors, metadata=meta)
+    check_vectors(emb, path.name)
+    emb.vectors = {k: v.to(torch.float32) for k, v in vectors.items()}
+    return emb
 
 
 # --- training state: nested dicts of tensors and plain values, flattened into safetensors ---

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import torch
 
+from .embedding import MAX_ABS_VALUE
 from .estimator import RandomGradientEstimator
 from .optim import ZOAdam
 from .projector import SubspaceProjector
@@ -35,6 +36,15 @@ class StepResult:
 
 class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive steps with non-finite losses."""
+
+
+class NothingLearnedError(NonFiniteLossError):
+    """Raised when every step of a run was skipped: the token is still its starting value."""
+
+
+class DivergedError(NonFiniteLossError):
+    """Raised when an update would make the token non-finite or absurdly large; the token keeps
+    its last good value (and the optimizer its state)."""
 
 
 class ZOTrainer:
@@ -77,7 +87,8 @@ class ZOTrainer:
         queries = self.estimator.queries(self.theta, dir_seed)
         losses = self.loss_fn(queries, data_seed).detach().float().cpu()
         self.step_count += 1
-        if not bool(torch.isfinite(losses).all()):
+        grad = self.estimator.estimate(losses, self.theta, dir_seed) if bool(torch.isfinite(losses).all()) else None
+        if grad is None or not bool(torch.isfinite(grad).all()):  # (an inf estimate: finite losses over a tiny mu)
             self.skipped_steps += 1
             self._bad_in_a_row += 1
             self.history.append(math.nan)
@@ -89,11 +100,21 @@ class ZOTrainer:
                 )
             return StepResult(self.step_count, math.nan, skipped=True)
         self._bad_in_a_row = 0
-        grad = self.estimator.estimate(losses, self.theta, dir_seed)
         if self.projector is not None:
             self.projector.observe(self.theta)
             grad = self.projector.project(grad)
+        before, optimizer_before = self.theta.clone(), self.optimizer.state_dict()
         self.optimizer.step(grad)
+        biggest = float(self.theta.abs().max()) if bool(torch.isfinite(self.theta).all()) else math.inf
+        if biggest > MAX_ABS_VALUE:
+            self.theta.copy_(before)
+            self.optimizer.load_state_dict(optimizer_before)
+            self.step_count = k
+            raise DivergedError(
+                f"step {k + 1} would move the token to values up to {biggest:.3g} (beyond {MAX_ABS_VALUE:g}, where a "
+                "half-precision text encoder overflows): the learning_rate is far too large; the token was kept at "
+                "its last good value. Lower the learning_rate (the paper uses 5e-3)"
+            )
         clean = self.estimator.clean_loss(losses)
         self.history.append(clean)
         return StepResult(self.step_count, clean)
@@ -137,3 +158,40 @@ class ZOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.projector is not None and state["projector"] is not None:
             self.projector.load_state_dict(state["projector"])
+
+
+_STATE_KEYS = ("theta", "seed", "step", "skipped_steps", "bad_in_a_row", "history", "estimator", "optimizer", "projector")
+
+
+def check_state(state, shape: tuple[int, ...]) -> None:
+    """Raise ValueError (a sentence) unless ``state`` can resume a trainer of a token of ``shape``.
+
+    It is loaded into scratch objects the way ``ZOTrainer.load_state_dict`` would load it, so any
+    missing or malformed part is found here, not halfway through starting a run.
+    """
+    if not isinstance(state, dict):
+        raise ValueError(f"it is not a training state (a {type(state).__name__})")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)}")
+    theta = torch.zeros(shape)
+    projector = None if state["projector"] is None else SubspaceProjector()
+    scratch = ZOTrainer(theta, lambda *a: None, RandomGradientEstimator(), ZOAdam(theta), projector)
+    try:
+        scratch.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        detail = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"it is damaged ({detail})") from None
+    bad = [name for name, t in _tensors(state) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"it holds NaN or infinite values ({', '.join(bad)})")
+    if scratch.step_count < 0 or scratch.skipped_steps < 0:
+        raise ValueError(f"it is damaged (step {scratch.step_count})")
+
+
+def _tensors(obj, prefix: str = ""):
+    if torch.is_tensor(obj):
+        yield prefix or "state", obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}/{k}" if prefix else str(k))

@@ -101,3 +101,55 @@ def test_no_autograd_graph_is_built():
     theta = torch.ones(3)
     ZOTrainer(theta, loss, RandomGradientEstimator(1), ZOAdam(theta)).run(3)
     assert theta.grad is None
+
+
+# --- a token that must never become non-finite or absurdly large ----------------------------------
+
+
+def _trainer(loss, lr=1e-2, mu=1e-3):
+    theta = torch.zeros(1, 8)
+    return ZOTrainer(theta, loss, RandomGradientEstimator(1, mu), ZOAdam(theta, lr=lr), seed=0)
+
+
+def test_a_runaway_update_is_refused_and_the_last_good_token_kept():
+    from zoodip.trainer import DivergedError
+
+    tr = _trainer(lambda th, s: (th ** 2).sum(dim=(1, 2)) + 1.0, lr=1e-2)
+    tr.run(3)
+    good, opt = tr.theta.clone(), tr.optimizer.state_dict()
+    tr.optimizer.lr = 1e9  # what an edited workflow could send
+    with pytest.raises(DivergedError, match=r"step 4 would move the token to values up to 7.64e\+08 \(beyond 65504.*last good value"):
+        tr.step()
+    assert torch.equal(tr.theta, good) and tr.step_count == 3
+    assert torch.equal(tr.optimizer.state_dict()["exp_avg"], opt["exp_avg"]) and tr.optimizer.state_dict()["t"] == 3
+    assert isinstance(DivergedError("x"), NonFiniteLossError)
+
+
+def test_an_infinite_estimate_from_finite_losses_is_skipped():
+    # finite losses whose difference over a tiny mu overflows: the estimate is inf, the step skipped
+    tr = _trainer(lambda th, s: torch.tensor([0.0, 3e38]), mu=1e-300)
+    r = tr.step()
+    assert r.skipped and tr.skipped_steps == 1 and torch.equal(tr.theta, torch.zeros(1, 8))
+
+
+def test_check_state_finds_what_load_state_dict_would_trip_on():
+    from zoodip.trainer import check_state
+
+    tr, _, _ = make()
+    tr.run(20)
+    good = tr.state_dict()
+    check_state(good, (2, 16))
+    no_opt = {k: v for k, v in good.items() if k != "optimizer"}
+    with pytest.raises(ValueError, match="it lacks optimizer"):
+        check_state(no_opt, (2, 16))
+    with pytest.raises(ValueError, match=r"it is damaged \(no 'exp_avg'\)"):
+        check_state({**good, "optimizer": {"lr": 1.0}}, (2, 16))
+    with pytest.raises(ValueError, match="for a token of shape"):
+        check_state(good, (1, 16))
+    nan_moments = {**good, "optimizer": {**good["optimizer"], "exp_avg_sq": torch.full((2, 16), math.nan)}}
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(optimizer/exp_avg_sq\)"):
+        check_state(nan_moments, (2, 16))
+    with pytest.raises(ValueError, match="not a training state"):
+        check_state([1, 2], (2, 16))
+    with pytest.raises(ValueError, match="tau must be at least 2"):
+        check_state({**good, "projector": {**good["projector"], "tau": 1}}, (2, 16))

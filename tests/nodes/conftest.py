@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 CKPT = "zoodip-tiny-sd15.safetensors"
 PHOTOS = "dog"
@@ -49,6 +51,44 @@ def clean_embeddings(host):
     yield d
     for p in d.iterdir():
         shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+class _NaNModel:
+    """Test-only node: the model, cloned, with a UNet wrapper that returns NaN while ``on`` is set.
+
+    The weights are not touched: the wrapper goes into the clone's model_options, which the sampler
+    (and training, through calc_cond_batch) honour.
+    """
+
+    switch = {"on": True}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "tag": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model, tag):
+        m = model.clone()
+        switch = self.switch
+
+        def wrapper(apply_model, args):
+            out = apply_model(args["input"], args["timestep"], **args["c"])
+            return torch.full_like(out, math.nan) if switch["on"] else out
+
+        m.set_model_unet_function_wrapper(wrapper)
+        return (m,)
+
+
+@pytest.fixture
+def nan_model(host, monkeypatch):
+    """Register the test-only NaN model node; its switch turns the NaN output on and off."""
+    monkeypatch.setitem(host.node_class_mappings, "ZoodipTestNaNModel", _NaNModel)
+    _NaNModel.switch["on"] = True
+    yield _NaNModel.switch
+    _NaNModel.switch["on"] = True
 
 
 def files_under(d: Path) -> set[str]:

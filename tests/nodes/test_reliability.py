@@ -210,43 +210,6 @@ def test_resume_with_changed_settings_applies_the_new_values(host, loaded, photo
 # --- non-finite losses ----------------------------------------------------------------------------
 
 
-class _NaNModel:
-    """Test-only node: the model, cloned, with a UNet wrapper that returns NaN while ``on`` is set.
-
-    The weights are not touched: the wrapper goes into the clone's model_options, which the sampler
-    (and training, through calc_cond_batch) honour.
-    """
-
-    switch = {"on": True}
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "tag": ("STRING", {"default": ""})}}
-
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "patch"
-    CATEGORY = "testing"
-
-    def patch(self, model, tag):
-        m = model.clone()
-        switch = self.switch
-
-        def wrapper(apply_model, args):
-            out = apply_model(args["input"], args["timestep"], **args["c"])
-            return torch.full_like(out, math.nan) if switch["on"] else out
-
-        m.set_model_unet_function_wrapper(wrapper)
-        return (m,)
-
-
-@pytest.fixture
-def nan_model(host, monkeypatch):
-    monkeypatch.setitem(host.node_class_mappings, "ZoodipTestNaNModel", _NaNModel)
-    _NaNModel.switch["on"] = True
-    yield _NaNModel.switch
-    _NaNModel.switch["on"] = True
-
-
 def _nan_prompt(ckpt, photos, token, steps, tag):
     p = train_prompt(ckpt, photos, token=token, steps=steps, num_vectors=1, queries=1)
     p["7"] = {"class_type": "ZoodipTestNaNModel", "inputs": {"model": ["1", 0], "tag": tag}}
@@ -272,20 +235,30 @@ def test_non_finite_steps_are_skipped_and_counted(host, tiny_ckpt, photos, clean
     assert torch.isfinite(r.value("5", 1).vectors["l"]).all()
 
 
-def test_only_non_finite_losses_stop_with_the_last_good_token_saved(host, tiny_ckpt, photos, clean_embeddings, nan_model, loaded):
+def test_only_non_finite_losses_stop_and_save_nothing(host, tiny_ckpt, photos, clean_embeddings, nan_model):
     r = host.run_prompt(_nan_prompt(tiny_ckpt, photos, "all-nan", 20, "all"))
     assert not r.ok and not r.interrupted
     (err,) = r.errors
     assert err["node_id"] == "5" and err["exception_type"].endswith("NonFiniteLossError")
-    name = f"{RUNS}/all-nan/step-5.safetensors"
-    assert "5 steps in a row gave non-finite losses" in err["message"] and name in err["message"]
+    assert "5 steps in a row gave non-finite losses" in err["message"]
+    # the token never left its start (the init word's vectors): nothing to save, and the error says so
+    assert "No step of this run changed the token, so nothing was saved (it is still init_word 'dog')" in err["message"]
     assert _progress(r)[-1] == 4  # the 5th bad step raises before it is reported
-    saved = _load(clean_embeddings / name)
-    # the last good token is the starting one: the init word's vectors
-    _, clip, _ = loaded
-    start = host.pack_module.nodes.host.word_vectors(clip, "l", "dog")[:1]
-    assert torch.equal(saved.vectors["l"], start)
-    assert saved.state["skipped_steps"] == 5 and all(math.isnan(x) for x in saved.state["history"])
+    assert files_under(clean_embeddings) == set()
+
+
+def test_a_short_run_whose_every_step_was_skipped_fails_and_saves_nothing(host, tiny_ckpt, photos, clean_embeddings,
+                                                                          nan_model):
+    # 3 steps, fewer than the 5 in a row that stop a run: it used to report success with the untrained token
+    p = _nan_prompt(tiny_ckpt, photos, "short-nan", 3, "short")
+    p["9"] = {"class_type": "ZOODiPSaveEmbedding", "inputs": {"embedding": ["5", 1], "filename": "", "overwrite": False}}
+    r = host.run_prompt(p)
+    assert not r.ok
+    (err,) = r.errors
+    assert err["node_id"] == "5" and err["exception_type"].endswith("NothingLearnedError")
+    assert "all 3 steps of this run gave non-finite losses (NaN/inf) and were skipped" in err["message"]
+    assert "nothing is returned or saved" in err["message"]
+    assert "9" not in r.executed and files_under(clean_embeddings) == set()
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -345,8 +318,8 @@ def test_save_embedding_files(host, clean_embeddings):
 
     save = nodes.NODE_CLASS_MAPPINGS["ZOODiPSaveEmbedding"]
     load = nodes.NODE_CLASS_MAPPINGS["ZOODiPLoadEmbedding"]()
-    a = Embedding("my.v1", {"l": torch.ones(1, 768)}, state={"theta": torch.ones(1, 768), "step": 1})
-    b = Embedding("my.v2", {"l": torch.full((1, 768), 2.0)}, state={"theta": torch.full((1, 768), 2.0), "step": 2})
+    a = Embedding("my.v1", {"l": torch.ones(1, 768)}, state=_state(host, torch.ones(1, 768), 1))
+    b = Embedding("my.v2", {"l": torch.full((1, 768), 2.0)}, state=_state(host, torch.full((1, 768), 2.0), 2))
     save().save(a, "", False)
     save().save(b, "", False)
     # dotted names keep separate states
@@ -371,6 +344,14 @@ def test_save_embedding_files(host, clean_embeddings):
     for bad in ("../x", "a/b", "..", "con"):
         assert save.VALIDATE_INPUTS(bad) is not True
     assert not list(clean_embeddings.rglob("*.tmp"))
+
+
+def _state(host, theta: torch.Tensor, step: int) -> dict:
+    """A complete training state for ``theta`` at ``step``, as the pack's trainer writes it."""
+    z = host.pack_module.zoodip
+    t = theta.clone()
+    state = z.ZOTrainer(t, lambda *a: None, z.RandomGradientEstimator(), z.ZOAdam(t)).state_dict()
+    return {**state, "step": step}
 
 
 # --- nothing leaked -------------------------------------------------------------------------------
