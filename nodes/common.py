@@ -83,7 +83,11 @@ def check_saves_before_training(prompt, node_id, token_name: str) -> None:
         filename, overwrite = inputs.get("filename", ""), inputs.get("overwrite", False)
         if not isinstance(filename, str) or not isinstance(overwrite, bool) or overwrite:
             continue
-        path = embedding_path(filename or token_name)
+        try:
+            path = embedding_path(filename or token_name)
+        except ValueError as e:  # the host runs this node even when Save failed validation
+            raise ValueError(f"Save Embedding (node {save_id}): {e}; fix it there (checked before training, so none is "
+                             "wasted)") from None
         if path.exists():
             raise FileExistsError(
                 f"{path} already exists, so Save Embedding (node {save_id}) would refuse it after training: choose "

@@ -147,3 +147,13 @@ def test_bad_image_batches_are_refused_with_a_sentence(images, words):
     with pytest.raises(ValueError) as e:
         rgb_batch(images, "images", min_side=64)
     assert words in str(e.value)
+
+
+def test_empty_and_mislabelled_files(tmp_path, caplog):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("a text file with an image's name")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "really-a-jpeg.png", format="JPEG")  # read by content
+    with caplog.at_level(logging.WARNING, logger="zoodip"):
+        images, names = load_folder(tmp_path, 64)
+    assert names == ["really-a-jpeg.png"] and float(images[0, :, :, 2].mean()) > 0.9
+    assert "skipped empty.png (" in caplog.text and "skipped notes.png (" in caplog.text

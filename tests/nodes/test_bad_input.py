@@ -18,6 +18,14 @@ VALIDATION_CASES = [
     ({"5": {"token_name": "con"}}, "reserved device name"),
     ({"5": {"token_name": "my dog"}}, "not allowed"),
     ({"5": {"token_name": "x" * 65}}, "at most 64"),
+    ({"5": {"token_name": "hund-\u00fc"}}, "not allowed"),
+    ({"5": {"token_name": "\u72d7"}}, "not allowed"),
+    ({"5": {"token_name": "dog\U0001f436"}}, "not allowed"),
+    ({"5": {"token_name": "a\u202eb"}}, "not allowed"),  # right-to-left override: a name that reads differently
+    ({"5": {"token_name": "a\x00b"}}, "not allowed"),
+    ({"5": {"token_name": "tok\n"}}, "leading or trailing spaces"),
+    ({"5": {"token_name": "-rf"}}, "not allowed"),
+    ({"5": {"token_name": "a..b"}}, "looks like a path"),
     ({"5": {"init_word": "   "}}, "init_word is empty"),
     ({"5": {"num_vectors": 0}}, "smaller than min"),
     ({"5": {"num_vectors": 76}}, "bigger than max"),
@@ -57,6 +65,21 @@ def test_refused_at_validation(host, tiny_ckpt, photos, clean_embeddings, change
     assert not r.ok
     assert not r.executed  # nothing ran: no checkpoint load, no training
     assert words in _error_text(r)
+    assert files_under(clean_embeddings) == set()
+
+
+def test_bad_save_filename_stops_training_before_it_starts(host, tiny_ckpt, photos, clean_embeddings):
+    # The host drops an output whose validation fails but runs the others: Train Token is an output
+    # node, so it would train for nothing. It checks the Save nodes it feeds first.
+    prompt = train_prompt(tiny_ckpt, photos)
+    prompt["9"] = {"class_type": "ZOODiPSaveEmbedding", "inputs": {"embedding": ["5", 1], "filename": "..\\x", "overwrite": False}}
+    r = host.run_prompt(prompt)
+    assert not r.ok
+    by_node = {e["node_id"]: e["message"] for e in r.errors if e.get("node_id")}
+    assert "looks like a path" in _error_text(r)
+    assert by_node["5"].startswith("Save Embedding (node 9): filename '..\\\\x' looks like a path")
+    assert "checked before training" in by_node["5"]
+    assert not [e for e in r.events("progress") if e.get("node") == "5"]
     assert files_under(clean_embeddings) == set()
 
 

@@ -48,6 +48,18 @@ def test_folder_outside_input_is_refused(host):
         _node().load("../models", 64)
 
 
+def test_folder_linked_outside_input_is_refused(host, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (64, 64)).save(outside / "a.png")
+    (host.input_dir / "linked-out").symlink_to(outside, target_is_directory=True)
+    try:
+        with pytest.raises(ValueError, match="'linked-out' is not a folder under the input directory"):
+            _node().load("linked-out", 64)
+    finally:
+        (host.input_dir / "linked-out").unlink()
+
+
 def test_listed_folders_are_subfolders_of_input(host):
     (host.input_dir / "listed").mkdir(exist_ok=True)
     assert "listed" in _node().INPUT_TYPES()["required"]["folder"][0]
