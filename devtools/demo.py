@@ -4,8 +4,9 @@
 
 Builds (once, cached) a tiny SD1.5-architecture checkpoint with seeded random weights and four
 generated photos, runs workflows/api/train_token.api.json in the real host with sizes shrunk for a
-CPU, prints the progress, and ends with the saved embedding and the sample image. Random weights
-know nothing, so the sample is noise-like: the demo shows the machinery, not image quality.
+CPU, prints the progress and the held-out loss, and ends with where it wrote the embedding, the
+sample, the loss graph and the previews (all under --out). Random weights know nothing, so the
+sample is noise-like: the demo shows the machinery, not image quality.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ def shrink(prompt: dict, steps: int, token: str) -> dict:
         p[nid]["inputs"]["text"] = p[nid]["inputs"]["text"].replace("embedding:my-dog", f"embedding:{token}")
     p[by_type["EmptyLatentImage"][0]]["inputs"].update(width=64, height=64)
     p[by_type["KSampler"][0]]["inputs"]["steps"] = 10
+    # the sample is named after the token, as the shipped workflow names it after its own (my-dog)
+    p[by_type["SaveImage"][0]]["inputs"]["filename_prefix"] = f"zoodip/{token}"
     return p
+
+
+def _ui_files(host, r, node_id: str) -> list[Path]:
+    """The image files a node showed in the UI (``{"ui": {"images": [...]}}``), as paths."""
+    roots = {"temp": host.temp_dir, "output": host.output_dir}
+    images = (r.ui.get(node_id) or {}).get("images", [])
+    return [roots[i["type"]] / i.get("subfolder", "") / i["filename"] for i in images]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         if not photos.exists():
             make_photos(photos, n=4, size=64, seed=0)
         prompt = shrink(load_api_workflow(WORKFLOW), args.steps, args.token)
+        # the app empties its temp folder (previews, the loss graph) at start; so does the demo
+        shutil.rmtree(host.temp_dir, ignore_errors=True)
+        host.temp_dir.mkdir(parents=True)
 
         def show(m) -> None:
             if m.event == "progress_text":
@@ -74,12 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         if not r.ok:
             print("the demo failed:", *r.errors, sep="\n  ", file=sys.stderr)
             return 1
-        train_id = next(k for k, v in prompt.items() if v["class_type"] == "ZOODiPTrainToken")
-        history = r.value(train_id, 2)
-        print(f"held-out loss: {' -> '.join(f'{v:.4f}' for _, v in history.held_out)}")
-        print(f"embedding: {host.model_dir('embeddings') / (args.token + '.safetensors')}")
-        for f in host.output_files():
-            print(f"sample:    {f}")
+        ids = {v["class_type"]: k for k, v in prompt.items()}
+        history = r.value(ids["ZOODiPTrainToken"], 2)
+        print(
+            "\nheld-out loss: the denoising loss on 4 fixed draws (photo, noise, timestep) that training never\n"
+            "steps on, measured with the current token every "
+            f"{prompt[ids['ZOODiPTrainToken']]['inputs']['held_out_every']} steps; lower is better"
+        )
+        print("  " + "   ".join(f"step {s}: {v:.4f}" for s, v in history.held_out))
+        print(f"\nembedding:  {host.model_dir('embeddings') / (args.token + '.safetensors')}  (prompt word embedding:{args.token})")
+        for f in _ui_files(host, r, ids["SaveImage"]):
+            print(f"sample:     {f}  (KSampler with 'embedding:{args.token}'; random weights, so noise-like)")
+        for f in _ui_files(host, r, ids["ZOODiPLossGraph"]):
+            print(f"loss graph: {f}  (the loss of every step, its moving average, the held-out points)")
+        previews = _ui_files(host, r, ids["PreviewImage"])
+        if previews:
+            print(f"previews:   {len(previews)} images sampled with the token during training, in {previews[0].parent}")
     return 0
 
 
