@@ -12,6 +12,7 @@ sample is noise-like: the demo shows the machinery, not image quality.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -75,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(host.temp_dir, ignore_errors=True)
         host.temp_dir.mkdir(parents=True)
 
+        every = max(1, args.steps // 20)  # about 20 progress lines, whatever the length of the run
+
         def show(m) -> None:
             if m.event == "progress_text":
-                print(f"  {m.data['text']}", flush=True)
+                step = re.match(r"step (\d+)/(\d+) ", m.data["text"])
+                if step is None or int(step[1]) % every == 0 or step[1] == step[2]:
+                    print(f"  {m.data['text']}", flush=True)
             elif m.event == "executing" and m.data.get("node"):
                 node = prompt.get(m.data["node"], {})
                 print(f"running {node.get('class_type', m.data['node'])}", flush=True)
@@ -90,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         ids = {v["class_type"]: k for k, v in prompt.items()}
         history = r.value(ids["ZOODiPTrainToken"], 2)
         print(
-            "\nheld-out loss: the denoising loss on 4 fixed draws (photo, noise, timestep) that training never\n"
-            "steps on, measured with the current token every "
-            f"{prompt[ids['ZOODiPTrainToken']]['inputs']['held_out_every']} steps; lower is better"
+            "\nheld-out loss: the denoising loss of the current token on 4 fixed draws (photo, noise, timestep),\n"
+            "apart from training's random ones and the same each time, so the points compare; measured every "
+            f"{prompt[ids['ZOODiPTrainToken']]['inputs']['held_out_every']} steps, lower is better"
         )
-        print("  " + "   ".join(f"step {s}: {v:.4f}" for s, v in history.held_out))
+        points = [f"step {s}: {v:.4f}" for s, v in history.held_out]
+        for i in range(0, len(points), 6):
+            print("  " + "   ".join(points[i : i + 6]))
         print(f"\nembedding:  {host.model_dir('embeddings') / (args.token + '.safetensors')}  (prompt word embedding:{args.token})")
         for f in _ui_files(host, r, ids["SaveImage"]):
             print(f"sample:     {f}  (KSampler with 'embedding:{args.token}'; random weights, so noise-like)")
