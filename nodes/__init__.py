@@ -1,4 +1,8 @@
-"""Thin ComfyUI adapters: input declarations, validation, and calls into the engine."""
+"""Thin ComfyUI adapters: the nodes' schemas (comfy_api io.ComfyNode), validation, and calls into the engine."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
 
 from .config import PUTSSamplerConfig, SubspaceProjector
 from .embeddings import ZOODiPApplyEmbedding, ZOODiPLoadEmbedding, ZOODiPSaveEmbedding
@@ -8,28 +12,30 @@ from .loss_graph import ZOODiPLossGraph
 from .quantize import ZOODiPQuantizeModel
 from .train import ZOODiPTrainToken
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {
-    "ZOODiPTrainToken": ZOODiPTrainToken,
-    "PUTSSamplerConfig": PUTSSamplerConfig,
-    "SubspaceProjector": SubspaceProjector,
-    "ZOODiPSaveEmbedding": ZOODiPSaveEmbedding,
-    "ZOODiPLoadEmbedding": ZOODiPLoadEmbedding,
-    "ZOODiPApplyEmbedding": ZOODiPApplyEmbedding,
-    "ZOODiPLoadImages": ZOODiPLoadImages,
-    "ZOODiPLossGraph": ZOODiPLossGraph,
-    "ZOODiPEvaluate": ZOODiPEvaluate,
-    "ZOODiPQuantizeModel": ZOODiPQuantizeModel,
-}
+# the order of the node menu
+NODES: list[type[io.ComfyNode]] = [
+    ZOODiPTrainToken,
+    PUTSSamplerConfig,
+    SubspaceProjector,
+    ZOODiPSaveEmbedding,
+    ZOODiPLoadEmbedding,
+    ZOODiPApplyEmbedding,
+    ZOODiPLoadImages,
+    ZOODiPLossGraph,
+    ZOODiPEvaluate,
+    ZOODiPQuantizeModel,
+]
 
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
-    "ZOODiPTrainToken": "ZOODiP Train Token",
-    "PUTSSamplerConfig": "PUTS Sampler Config",
-    "SubspaceProjector": "Subspace Projector",
-    "ZOODiPSaveEmbedding": "Save Embedding",
-    "ZOODiPLoadEmbedding": "Load Embedding",
-    "ZOODiPApplyEmbedding": "Apply Embedding",
-    "ZOODiPLoadImages": "Load Training Images",
-    "ZOODiPLossGraph": "Loss Graph",
-    "ZOODiPEvaluate": "Evaluate Token",
-    "ZOODiPQuantizeModel": "Quantize Model",
-}
+
+def node_classes() -> dict[str, type[io.ComfyNode]]:
+    """node id -> class, as the host registers them."""
+    return {cls.GET_SCHEMA().node_id: cls for cls in NODES}
+
+
+def display_names() -> dict[str, str]:
+    return {cls.GET_SCHEMA().node_id: cls.GET_SCHEMA().display_name for cls in NODES}
+
+
+class ZOODiPExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -2,70 +2,78 @@
 
 from __future__ import annotations
 
+from comfy_api.latest import io
+
 from ..zoodip.settings import PUTSConfig, SubspaceConfig
+from .schema import Puts, Subspace, check_inputs, legacy, widget
 
 
-class PUTSSamplerConfig:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = (
-        "Partial Uniform Timestep Sampling: train only on timesteps in [t_min, t_max) of the model's "
-        "training timesteps, the band where noisy zeroth-order estimates carry signal about the concept."
-    )
-    RETURN_TYPES = ("ZOODIP_PUTS",)
-    RETURN_NAMES = ("puts",)
-    FUNCTION = "make"
+class PUTSSamplerConfig(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PUTSSamplerConfig",
+            display_name="PUTS Sampler Config",
+            category="ZOODiP",
+            description=(
+                "Partial Uniform Timestep Sampling: train only on timesteps in [t_min, t_max) of the model's "
+                "training timesteps, the band where noisy zeroth-order estimates carry signal about the concept."
+            ),
+            inputs=[widget("t_min"), widget("t_max")],
+            outputs=[Puts.Output(display_name="puts")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "t_min": ("INT", {"default": 500, "min": 0, "max": 999, "tooltip": "Lowest training timestep sampled (paper: 500 of 1000). Small t carries little about the concept."}),
-                "t_max": ("INT", {"default": 900, "min": 1, "max": 1000, "tooltip": "Timesteps are drawn below this (paper: 900; 700 for SDXL). Large t is nearly pure noise."}),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, t_min, t_max):
+    def validate_inputs(cls, t_min, t_max):
+        # t_min < t_max concerns both; each one's range is checked here too, as the host skips it
+        # for arguments of this function
+        ok = check_inputs(t_min=t_min, t_max=t_max)
+        if ok is not True or t_min is None or t_max is None:  # a linked value is checked when the node runs
+            return ok
         try:
             PUTSConfig(int(t_min), int(t_max)).validate()
         except (ValueError, TypeError) as e:
             return str(e)
         return True
 
-    def make(self, t_min: int, t_max: int):
+    @classmethod
+    def execute(cls, t_min: int, t_max: int) -> io.NodeOutput:
         cfg = PUTSConfig(t_min, t_max)
         cfg.validate()
-        return (cfg,)
-
-
-class SubspaceProjector:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = (
-        "Subspace Gradient: every tau steps, find the low-variance directions of the token's recent "
-        "trajectory and remove them from each zeroth-order gradient estimate (they are mostly noise)."
-    )
-    RETURN_TYPES = ("ZOODIP_SUBSPACE",)
-    RETURN_NAMES = ("subspace",)
-    FUNCTION = "make"
+        return io.NodeOutput(cfg)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "tau": ("INT", {"default": 128, "min": 2, "max": 4096, "tooltip": "Trajectory points per SVD, and steps between refreshes (paper: 128)."}),
-                "nu": ("FLOAT", {"default": 1e-3, "min": 0.0, "max": 1.0, "step": 1e-4, "round": False, "tooltip": "Variance fraction treated as noise: directions beyond 1 - nu of explained variance are projected out (paper: 1e-3)."}),
-            }
-        }
+    def make(cls, t_min: int, t_max: int):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(t_min, t_max))
+
+
+class SubspaceProjector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SubspaceProjector",
+            display_name="Subspace Projector",
+            category="ZOODiP",
+            description=(
+                "Subspace Gradient: every tau steps, find the low-variance directions of the token's recent "
+                "trajectory and remove them from each zeroth-order gradient estimate (they are mostly noise)."
+            ),
+            inputs=[widget("tau"), widget("nu")],
+            outputs=[Subspace.Output(display_name="subspace")],
+        )
 
     @classmethod
-    def VALIDATE_INPUTS(cls, tau, nu):
-        try:
-            SubspaceConfig(int(tau), float(nu)).validate()
-        except (ValueError, TypeError) as e:
-            return str(e)
-        return True
+    def validate_inputs(cls, nu):
+        # nu only: strictly inside (0, 1) and finite, which the host's min/max check cannot say;
+        # tau's range is the host's check, attached to tau
+        return check_inputs(nu=nu)
 
-    def make(self, tau: int, nu: float):
+    @classmethod
+    def execute(cls, tau: int, nu: float) -> io.NodeOutput:
         cfg = SubspaceConfig(tau, nu)
         cfg.validate()
-        return (cfg,)
+        return io.NodeOutput(cfg)
+
+    @classmethod
+    def make(cls, tau: int, nu: float):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(tau, nu))

@@ -7,38 +7,40 @@ from pathlib import Path
 
 import folder_paths
 import torch
+from comfy_api.latest import io
 
 from ..zoodip import embedding as emb_io
 from ..zoodip.files import check_name
 from ..zoodip.trainer import check_state
 from . import host
 from .common import embedding_path, embeddings_dir
+from .schema import Choice, Embedding, legacy
 
 log = logging.getLogger("zoodip")
 
 
-class ZOODiPSaveEmbedding:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = (
-        "Saves a trained token to models/embeddings/<filename>.safetensors, where any prompt can use it "
-        "as embedding:<filename>. Never replaces an existing file unless overwrite is on."
-    )
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "save"
+class ZOODiPSaveEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ZOODiPSaveEmbedding",
+            display_name="Save Embedding",
+            category="ZOODiP",
+            description=(
+                "Saves a trained token to models/embeddings/<filename>.safetensors, where any prompt can use it "
+                "as embedding:<filename>. Never replaces an existing file unless overwrite is on."
+            ),
+            inputs=[
+                Embedding.Input("embedding", tooltip="The trained token (from ZOODiP Train Token or Load Embedding)."),
+                io.String.Input("filename", default="", tooltip="File name without extension; empty uses the token's name. Letters, digits, - _ . only."),
+                io.Boolean.Input("overwrite", default=False, tooltip="Replace a file of the same name. Off: an existing file stops the save with an error."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "embedding": ("EMBEDDING", {"tooltip": "The trained token (from ZOODiP Train Token or Load Embedding)."}),
-                "filename": ("STRING", {"default": "", "tooltip": "File name without extension; empty uses the token's name. Letters, digits, - _ . only."}),
-                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace a file of the same name. Off: an existing file stops the save with an error."}),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, filename):
+    def validate_inputs(cls, filename):
         if filename:
             try:
                 embedding_path(filename)
@@ -46,36 +48,40 @@ class ZOODiPSaveEmbedding:
                 return str(e)
         return True
 
-    def save(self, embedding, filename, overwrite):
+    @classmethod
+    def save(cls, embedding, filename, overwrite):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(embedding, filename, overwrite))
+
+    @classmethod
+    def execute(cls, embedding, filename, overwrite) -> io.NodeOutput:
         path = embedding_path(filename or embedding.name)
         # the embedding and its state (for an exact resume later; the host does not list it): both or neither
         emb_io.save_with_state(embedding, path, overwrite=overwrite)
         log.info("ZOODiP: saved %s", path)
-        return {"ui": {"text": [f"saved {path.name}: use embedding:{path.stem} in a prompt"]}}
+        return io.NodeOutput(ui={"text": [f"saved {path.name}: use embedding:{path.stem} in a prompt"]})
 
 
-class ZOODiPLoadEmbedding:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = (
-        "Loads an embedding file from models/embeddings, including the snapshots under zoodip-runs/ that "
-        "save_every and Cancel write, with its training state when one was saved beside it (for an exact resume)."
-    )
-    RETURN_TYPES = ("EMBEDDING",)
-    RETURN_NAMES = ("embedding",)
-    FUNCTION = "load"
-
+class ZOODiPLoadEmbedding(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ZOODiPLoadEmbedding",
+            display_name="Load Embedding",
+            category="ZOODiP",
+            description=(
+                "Loads an embedding file from models/embeddings, including the snapshots under zoodip-runs/ that "
+                "save_every and Cancel write, with its training state when one was saved beside it (for an exact resume)."
+            ),
+            inputs=[
                 # the host's list walks subfolders, so zoodip-runs/<token>/step-<k>.safetensors is in it;
                 # .zoodip-state files are not (not a model extension)
-                "embedding_name": (folder_paths.get_filename_list("embeddings"), {"tooltip": "A file in models/embeddings (safetensors, or A1111 .pt read safely); zoodip-runs/ holds the snapshots of training runs."}),
-            }
-        }
+                Choice("embedding_name", options=folder_paths.get_filename_list("embeddings"), tooltip="A file in models/embeddings (safetensors, or A1111 .pt read safely); zoodip-runs/ holds the snapshots of training runs."),
+            ],
+            outputs=[Embedding.Output(display_name="embedding")],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, embedding_name):
+    def fingerprint_inputs(cls, embedding_name):
         # load again when the file or its state is replaced under the same name
         path = folder_paths.get_full_path("embeddings", embedding_name)
         if path is None:
@@ -89,13 +95,18 @@ class ZOODiPLoadEmbedding:
                 parts.append("-")
         return "|".join(parts)
 
-    def load(self, embedding_name):
+    @classmethod
+    def load(cls, embedding_name):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(embedding_name))
+
+    @classmethod
+    def execute(cls, embedding_name) -> io.NodeOutput:
         path = folder_paths.get_full_path("embeddings", embedding_name)
         if path is None:
             raise ValueError(f"{embedding_name} is not in the embeddings folder {embeddings_dir()}")
         emb = emb_io.load(Path(path))
         emb.state = _read_state(emb, emb_io.state_path(Path(path)))
-        return (emb,)
+        return io.NodeOutput(emb)
 
 
 def _read_state(emb, sp: Path) -> dict | None:
@@ -120,25 +131,24 @@ def _read_state(emb, sp: Path) -> dict | None:
     return state
 
 
-class ZOODiPApplyEmbedding:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = "Returns a copy of the CLIP that resolves embedding:<token_name> to this embedding, without saving a file."
-    RETURN_TYPES = ("CLIP",)
-    RETURN_NAMES = ("clip",)
-    FUNCTION = "apply"
+class ZOODiPApplyEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ZOODiPApplyEmbedding",
+            display_name="Apply Embedding",
+            category="ZOODiP",
+            description="Returns a copy of the CLIP that resolves embedding:<token_name> to this embedding, without saving a file.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP to extend (it is not modified)."),
+                Embedding.Input("embedding", tooltip="The token vectors."),
+                io.String.Input("token_name", default="", tooltip="The word to use as embedding:<token_name>; empty uses the embedding's own name."),
+            ],
+            outputs=[io.Clip.Output(display_name="clip")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "clip": ("CLIP", {"tooltip": "The CLIP to extend (it is not modified)."}),
-                "embedding": ("EMBEDDING", {"tooltip": "The token vectors."}),
-                "token_name": ("STRING", {"default": "", "tooltip": "The word to use as embedding:<token_name>; empty uses the embedding's own name."}),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, token_name):
+    def validate_inputs(cls, token_name):
         if token_name:
             try:
                 check_name(token_name)
@@ -146,7 +156,12 @@ class ZOODiPApplyEmbedding:
                 return str(e)
         return True
 
-    def apply(self, clip, embedding, token_name):
+    @classmethod
+    def apply(cls, clip, embedding, token_name):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(clip, embedding, token_name))
+
+    @classmethod
+    def execute(cls, clip, embedding, token_name) -> io.NodeOutput:
         name = check_name(token_name or embedding.name)
         emb_io.check_vectors(embedding)  # a NaN token would turn every image black
-        return (host.apply_embedding(clip, embedding, name),)
+        return io.NodeOutput(host.apply_embedding(clip, embedding, name))

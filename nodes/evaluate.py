@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import folder_paths
+from comfy_api.latest import io
 
 from ..zoodip import evaluate as ev
+from .schema import Choice, legacy
 
 OPEN_CLIP_DIR = "open_clip"
 DINO_DIR = "dino"
@@ -27,36 +29,42 @@ def _weights(kind: str) -> list[str]:
     return [f for f in folder_paths.get_filename_list(kind) if not f.endswith(".json")]
 
 
-class ZOODiPEvaluate:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = (
-        "Scores generated images against the reference photos and the prompt: CLIP-I (image-image), "
-        "CLIP-T (image-text) and, with a DINO model, DINO similarity. Models are read from "
-        "models/open_clip and models/dino."
-    )
-    RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT")
-    RETURN_NAMES = ("clip_i", "clip_t", "dino")
-    OUTPUT_TOOLTIPS = ("Mean cosine, generated vs references.", "Mean cosine, generated vs prompt.", "Mean DINO cosine, or -1 without a DINO model.")
-    OUTPUT_NODE = True
-    FUNCTION = "evaluate"
+class ZOODiPEvaluate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ZOODiPEvaluate",
+            display_name="Evaluate Token",
+            category="ZOODiP",
+            description=(
+                "Scores generated images against the reference photos and the prompt: CLIP-I (image-image), "
+                "CLIP-T (image-text) and, with a DINO model, DINO similarity. Models are read from "
+                "models/open_clip and models/dino."
+            ),
+            inputs=[
+                io.Image.Input("images", tooltip="Generated images (with the token)."),
+                io.Image.Input("references", tooltip="The subject's reference photos."),
+                io.String.Input("prompt", default="a photo of a dog", tooltip="The prompt to score CLIP-T against; write the class word where the token was (the paper's protocol)."),
+                Choice("clip_model", options=_weights(OPEN_CLIP_DIR) or [NONE], tooltip="An open_clip weights file in models/open_clip (the paper uses ViT-B-32)."),
+                io.String.Input("clip_architecture", default="ViT-B-32", tooltip="The open_clip architecture of the file; a <file>.json config beside the weights overrides it."),
+                Choice("dino_model", options=[NONE, *_weights(DINO_DIR)], default=NONE, optional=True, tooltip="A DINO weights file in models/dino (the paper uses DINOv2-base), or none."),
+                io.String.Input("dino_architecture", default="vit_base_patch14_dinov2", optional=True, tooltip="The timm architecture of the DINO file."),
+            ],
+            outputs=[
+                io.Float.Output(display_name="clip_i", tooltip="Mean cosine, generated vs references."),
+                io.Float.Output(display_name="clip_t", tooltip="Mean cosine, generated vs prompt."),
+                io.Float.Output(display_name="dino", tooltip="Mean DINO cosine, or -1 without a DINO model."),
+            ],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "images": ("IMAGE", {"tooltip": "Generated images (with the token)."}),
-                "references": ("IMAGE", {"tooltip": "The subject's reference photos."}),
-                "prompt": ("STRING", {"default": "a photo of a dog", "tooltip": "The prompt to score CLIP-T against; write the class word where the token was (the paper's protocol)."}),
-                "clip_model": (_weights(OPEN_CLIP_DIR) or [NONE], {"tooltip": "An open_clip weights file in models/open_clip (the paper uses ViT-B-32)."}),
-                "clip_architecture": ("STRING", {"default": "ViT-B-32", "tooltip": "The open_clip architecture of the file; a <file>.json config beside the weights overrides it."}),
-            },
-            "optional": {
-                "dino_model": ([NONE, *_weights(DINO_DIR)], {"default": NONE, "tooltip": "A DINO weights file in models/dino (the paper uses DINOv2-base), or none."}),
-                "dino_architecture": ("STRING", {"default": "vit_base_patch14_dinov2", "tooltip": "The timm architecture of the DINO file."}),
-            },
-        }
+    def evaluate(cls, *args, **kwargs):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(*args, **kwargs))
 
-    def evaluate(self, images, references, prompt, clip_model, clip_architecture, dino_model=NONE, dino_architecture="vit_base_patch14_dinov2"):
+    @classmethod
+    def execute(cls, images, references, prompt, clip_model, clip_architecture, dino_model=NONE,
+                dino_architecture="vit_base_patch14_dinov2") -> io.NodeOutput:
         if images.shape[0] == 0 or references.shape[0] == 0:
             raise ValueError("Evaluate Token needs at least one generated image and one reference photo")
         _register_folders()
@@ -73,4 +81,4 @@ class ZOODiPEvaluate:
                 raise ValueError(f"{dino_model} is not in models/{DINO_DIR}")
             dino = ev.dino_score(ev.load_dino(Path(dpath), dino_architecture), gen, ref)
         text = f"CLIP-I {scores['clip_i']:.4f}  CLIP-T {scores['clip_t']:.4f}" + (f"  DINO {dino:.4f}" if dino >= -0.5 else "")
-        return {"ui": {"text": [text]}, "result": (scores["clip_i"], scores["clip_t"], dino)}
+        return io.NodeOutput(scores["clip_i"], scores["clip_t"], dino, ui={"text": [text]})

@@ -21,7 +21,7 @@ import comfy.samplers
 import torch
 
 from ..zoodip.embedding import Embedding
-from ..zoodip.settings import MAX_VECTORS
+from ..zoodip.settings import MAX_VECTORS, paper_value
 
 log = logging.getLogger("zoodip")
 
@@ -38,10 +38,11 @@ class Family:
     paper_t_max: int  # the upper end of PUTS the paper used
 
 
-# model_config class name -> (family name, text encoder keys, widths, paper's mu, paper's PUTS t_max)
-_SD1 = ("SD1.x", ("l",), (768,), 1e-3, 900)
-_SD2 = ("SD2.x", ("h",), (1024,), 1e-2, 900)
-_SDXL = ("SDXL", ("l", "g"), (768, 1280), 1e-2, 700)
+# model_config class name -> (family name, text encoder keys, widths); the paper's mu and PUTS
+# t_max per family are in the settings table (zoodip/settings.py)
+_SD1 = ("SD1.x", ("l",), (768,))
+_SD2 = ("SD2.x", ("h",), (1024,))
+_SDXL = ("SDXL", ("l", "g"), (768, 1280))
 _SUPPORTED = {
     "SD15": _SD1,
     "SD20": _SD2,  # eps and v-prediction: the model's own sampling object tells them apart
@@ -60,7 +61,7 @@ def detect_family(model, clip) -> Family:
     cname = type(config).__name__ if config is not None else type(model).__name__
     if cname not in _SUPPORTED:
         raise ValueError(f"ZOODiP cannot train on this model ({cname}): supported are {SUPPORTED_TEXT}")
-    name, keys, dims, mu, t_max = _SUPPORTED[cname]
+    name, keys, dims = _SUPPORTED[cname]
     tokens = clip.tokenize("a")
     if tuple(sorted(tokens)) != tuple(sorted(keys)):
         raise ValueError(
@@ -72,7 +73,7 @@ def detect_family(model, clip) -> Family:
     check_trainable(model, clip)
     sampling = model.get_model_object("model_sampling")
     n = int(getattr(sampling, "sigmas", torch.zeros(1000)).shape[0])
-    return Family(name, keys, dims, n, mu, t_max)
+    return Family(name, keys, dims, n, paper_value("perturbation", name), paper_value("t_max", name))
 
 
 def _encoder(clip, key: str):

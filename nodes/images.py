@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import folder_paths
+from comfy_api.latest import io
 
 from ..zoodip.files import inside
 from ..zoodip.images import load_folder
+from .schema import Choice, legacy, widget
 
 
 def _input_dir() -> Path:
@@ -28,24 +30,23 @@ def _subfolders() -> list[str]:
     return out
 
 
-class ZOODiPLoadImages:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = (
-        "Loads every photo in a folder under ComfyUI's input directory as a training batch: EXIF "
-        "rotation applied, center-cropped to a square, resized. Non-images are skipped with a warning."
-    )
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    FUNCTION = "load"
-
+class ZOODiPLoadImages(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "folder": (_subfolders(), {"tooltip": "A subfolder of ComfyUI/input holding 3-5 photos of the subject."}),
-                "resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Side of the square training images (512 for SD1.5)."}),
-            }
-        }
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ZOODiPLoadImages",
+            display_name="Load Training Images",
+            category="ZOODiP",
+            description=(
+                "Loads every photo in a folder under ComfyUI's input directory as a training batch: EXIF "
+                "rotation applied, center-cropped to a square, resized. Non-images are skipped with a warning."
+            ),
+            inputs=[
+                Choice("folder", options=_subfolders(), tooltip="A subfolder of ComfyUI/input holding 3-5 photos of the subject."),
+                widget("resolution"),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
 
     @classmethod
     def _path(cls, folder: str) -> Path:
@@ -56,7 +57,7 @@ class ZOODiPLoadImages:
         return path
 
     @classmethod
-    def IS_CHANGED(cls, folder, resolution):
+    def fingerprint_inputs(cls, folder, resolution):
         # re-run when a photo is added, removed or replaced
         try:
             path = cls._path(folder)
@@ -68,6 +69,11 @@ class ZOODiPLoadImages:
             h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()
 
-    def load(self, folder, resolution):
-        images, _ = load_folder(self._path(folder), resolution)
-        return (images,)
+    @classmethod
+    def load(cls, folder, resolution):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(folder, resolution))
+
+    @classmethod
+    def execute(cls, folder, resolution) -> io.NodeOutput:
+        images, _ = load_folder(cls._path(folder), resolution)
+        return io.NodeOutput(images)

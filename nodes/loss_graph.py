@@ -8,30 +8,40 @@ import random
 import folder_paths
 import numpy as np
 import torch
+from comfy_api.latest import io
 
 from ..zoodip.plot import render_loss_plot
+from ..zoodip.settings import check
+from .schema import Loss, check_inputs, legacy, widget
 
 
-class ZOODiPLossGraph:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = "Plots a training run's clean loss per step (raw and smoothed) and its held-out loss."
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_NODE = True
-    FUNCTION = "plot"
+class ZOODiPLossGraph(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ZOODiPLossGraph",
+            display_name="Loss Graph",
+            category="ZOODiP",
+            description="Plots a training run's clean loss per step (raw and smoothed) and its held-out loss.",
+            inputs=[
+                Loss.Input("loss", tooltip="The loss output of ZOODiP Train Token."),
+                widget("smoothing", optional=True),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "loss": ("ZOODIP_LOSS", {"tooltip": "The loss output of ZOODiP Train Token."}),
-            },
-            "optional": {
-                "smoothing": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 0.999, "step": 0.01, "tooltip": "Weight of the moving average drawn over the noisy per-step loss (0 = none)."}),
-            },
-        }
+    def validate_inputs(cls, smoothing=None):
+        return check_inputs(smoothing=smoothing)  # finite and in range (a nan would pass the host's min/max)
 
-    def plot(self, loss, smoothing: float = 0.9):
+    @classmethod
+    def plot(cls, loss, smoothing: float = 0.9):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(loss, smoothing))
+
+    @classmethod
+    def execute(cls, loss, smoothing: float = 0.9) -> io.NodeOutput:
+        smoothing = check("smoothing", 0.9 if smoothing is None else smoothing)
         arr = render_loss_plot(
             list(loss.loss), list(loss.held_out), title=f"ZOODiP loss: {loss.token_name}", smoothing=smoothing
         )
@@ -44,4 +54,4 @@ class ZOODiPLossGraph:
         full, name, counter, sub, _ = folder_paths.get_save_image_path(prefix, out_dir, arr.shape[1], arr.shape[0])
         file = f"{name}_{counter:05}_.png"
         Image.fromarray(arr).save(os.path.join(full, file))
-        return {"ui": {"images": [{"filename": file, "subfolder": sub, "type": "temp"}]}, "result": (image,)}
+        return io.NodeOutput(image, ui={"images": [{"filename": file, "subfolder": sub, "type": "temp"}]})

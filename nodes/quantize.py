@@ -12,8 +12,10 @@ import uuid
 
 import comfy.lora
 import torch
+from comfy_api.latest import io
 
 from ..zoodip import quant
+from .schema import Choice, legacy
 
 log = logging.getLogger("zoodip")
 
@@ -39,36 +41,37 @@ _T = {
 }
 
 
-class ZOODiPQuantizeModel:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = (
-        "Weight-only quantization for training at inference memory (and for ordinary sampling): the UNet's "
-        "Linear layers become bitsandbytes int8 or 4-bit layers and its convolutions int8 or nf4, dequantized "
-        "one layer at a time inside forward. Returns new MODEL/CLIP objects; the inputs are left as they are."
-    )
-    RETURN_TYPES = ("MODEL", "CLIP")
-    RETURN_NAMES = ("model", "clip")
-    OUTPUT_TOOLTIPS = (
-        "The quantized model: use it for ZOODiP Train Token and for sampling.",
-        "The quantized CLIP (or the input CLIP when quantize_clip is off; nothing when no CLIP is connected).",
-    )
-    FUNCTION = "quantize"
+class ZOODiPQuantizeModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ZOODiPQuantizeModel",
+            display_name="Quantize Model",
+            category="ZOODiP",
+            description=(
+                "Weight-only quantization for training at inference memory (and for ordinary sampling): the UNet's "
+                "Linear layers become bitsandbytes int8 or 4-bit layers and its convolutions int8 or nf4, dequantized "
+                "one layer at a time inside forward. Returns new MODEL/CLIP objects; the inputs are left as they are."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip=_T["model"]),
+                Choice("linear", options=list(quant.LINEAR_FORMATS), default="int8", tooltip=_T["linear"]),
+                Choice("conv", options=list(quant.CONV_FORMATS), default="int8", tooltip=_T["conv"]),
+                io.Clip.Input("clip", optional=True, tooltip=_T["clip"]),
+                io.Boolean.Input("quantize_clip", default=True, optional=True, tooltip=_T["quantize_clip"]),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The quantized model: use it for ZOODiP Train Token and for sampling."),
+                io.Clip.Output(display_name="clip", tooltip="The quantized CLIP (or the input CLIP when quantize_clip is off; nothing when no CLIP is connected)."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": _T["model"]}),
-                "linear": (list(quant.LINEAR_FORMATS), {"default": "int8", "tooltip": _T["linear"]}),
-                "conv": (list(quant.CONV_FORMATS), {"default": "int8", "tooltip": _T["conv"]}),
-            },
-            "optional": {
-                "clip": ("CLIP", {"tooltip": _T["clip"]}),
-                "quantize_clip": ("BOOLEAN", {"default": True, "tooltip": _T["quantize_clip"]}),
-            },
-        }
+    def quantize(cls, *args, **kwargs):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(*args, **kwargs))
 
-    def quantize(self, model, linear, conv, clip=None, quantize_clip=True):
+    @classmethod
+    def execute(cls, model, linear, conv, clip=None, quantize_clip=True) -> io.NodeOutput:
         clip_linear = linear if (clip is not None and quantize_clip) else "none"
         # a format the device cannot run is refused before any work, with what to choose instead
         quant.probe(linear, conv, model.load_device)
@@ -83,7 +86,7 @@ class ZOODiPQuantizeModel:
                                                              tables=token_tables(clip.patcher.model))
             new_clip.cond_stage_model = new_clip.patcher.model
             log.info("ZOODiP Quantize Model: text encoder %s", clip_report.summary())
-        return (new_model, new_clip)
+        return io.NodeOutput(new_model, new_clip)
 
 
 # --- the host's bookkeeping, reset on the copies ---

@@ -10,135 +10,116 @@ import comfy.utils
 import folder_paths
 import numpy as np
 import torch
+from comfy_api.latest import io
 
 from ..zoodip.embedding import Embedding, check_vectors
-from ..zoodip.settings import MAX_VECTORS, TrainSettings
-from ..zoodip.templates import DEFAULT_TEMPLATES_TEXT
+from ..zoodip.files import check_name
+from ..zoodip.settings import TrainSettings, check
 from ..zoodip.trainer import NonFiniteLossError, NothingLearnedError, check_state
 from . import host, training
 from .common import check_saves_before_training, save_snapshot, snapshot_name
+from .schema import Embedding as EmbeddingType
+from .schema import Loss, Puts, Subspace, legacy, widget
 
 log = logging.getLogger("zoodip")
 
 _T = {
-    "model": "The diffusion model from your checkpoint loader, at whatever precision it was loaded. Its weights are only read.",
-    "clip": "The CLIP from the same checkpoint.",
-    "vae": "The VAE from the same checkpoint; it encodes the photos once, before training.",
+    "model": "The diffusion model from your checkpoint loader (or Quantize Model), at whatever precision it was loaded. Its weights are only read.",
+    "clip": "The CLIP from the same checkpoint; its own encoder runs the prompts, so the token is learned for exactly what sampling will see.",
+    "vae": "The VAE from the same checkpoint; it encodes the photos once, before the first step.",
     "images": "3-5 photos of the subject (Load Training Images, or any IMAGE batch).",
-    "token_name": "The new word. Use it in prompts as embedding:<token_name>. Letters, digits, - _ . only.",
-    "init_word": "A word close to the subject (e.g. 'dog'); its token vectors are the starting point. Several tokens fill several vectors.",
-    "num_vectors": "Vectors the token uses (each takes one of the prompt's 75 token slots). The paper trains 1.",
-    "steps": "Total training steps (paper: 30,000). A resumed run continues up to this total.",
-    "learning_rate": "Adam learning rate (paper: 5e-3).",
-    "queries": "n, random directions per step; a step costs n+1 forward passes (paper: 1 or 2; 2 scored best).",
-    "perturbation": "mu, the size of each random probe of the token (paper: 1e-3; 1e-2 for SD2.1/SDXL/int4).",
-    "seed": "Seeds every random draw: the same seed and inputs give the same token, bit for bit.",
     "puts": "Optional PUTS Sampler Config: train on the middle band of timesteps. Without it, timesteps are uniform over all.",
     "subspace": "Optional Subspace Projector: denoise the gradient estimates with the token's own trajectory.",
-    "prompt_templates": "One prompt per line, each with {token} once. Empty uses the standard object templates.",
     "resume": (
         "Continue from an embedding (Load Embedding). With its training state (saved by Save Embedding, save_every "
         "or Cancel) the run continues from its step to 'steps', exactly as if it had never stopped, provided the "
         "settings are the same. num_vectors and the model family must match; other changed settings apply from "
         "the resumed step on."
     ),
-    "two_sided": "Two-sided estimate: 2n passes per step instead of n+1, less biased.",
-    "query_batch": (
-        "Queries per UNet call. 2 (default) is the batch a CFG sampler runs, so training needs about the memory "
-        "sampling needs; 0 sends all n+1 queries in one call (a little faster, more memory)."
-    ),
-    "held_out_every": "Every K steps, also measure the loss on fixed held-out noise and timesteps (costs 4 passes). 0 = off.",
-    "preview_every": (
-        "Every K steps, sample a small image with the token as it is (8 steps, fixed seed, the photos' size): shown "
-        "as the live preview and in the node, and returned as the previews output. 0 = off."
-    ),
-    "preview_prompt": "The prompt of the previews; {token} stands for embedding:<token_name>.",
-    "save_every": (
-        "Every K steps, save the token and its training state to models/embeddings/zoodip-runs/<token_name>/"
-        "step-<k>.safetensors (Load Embedding lists it; connect it to resume to continue). Cancel saves one too. 0 = off."
-    ),
 }
 
+# the widgets in 0.1.0's order: UI workflows store widget values by position
+REQUIRED_WIDGETS = ("token_name", "init_word", "num_vectors", "steps", "learning_rate", "queries", "perturbation", "seed")
+# the optional widgets' order, with the optional sockets between them as in 0.1.0
+OPTIONAL_WIDGETS = ("prompt_templates", "two_sided", "held_out_every", "save_every", "preview_every",
+                    "preview_prompt", "query_batch")
 
-class ZOODiPTrainToken:
-    CATEGORY = "ZOODiP"
-    DESCRIPTION = (
-        "Learns a new token (textual inversion) from a few photos with forward passes only (ZOODiP, "
-        "arXiv 2503.14868), on the model already loaded, at sampling memory. Outputs a CLIP that "
-        "understands embedding:<token_name>, the embedding, and the loss history."
-    )
-    RETURN_TYPES = ("CLIP", "EMBEDDING", "ZOODIP_LOSS", "IMAGE")
-    RETURN_NAMES = ("clip", "embedding", "loss", "previews")
-    OUTPUT_TOOLTIPS = (
-        "A copy of the input CLIP that resolves embedding:<token_name> to the trained vectors (nothing is saved).",
-        "The trained token; connect Save Embedding to keep it.",
-        "The clean loss of every step (and the held-out loss, if enabled).",
-        "The preview images, one per preview_every steps (a black image when previews are off).",
-    )
-    FUNCTION = "train"
-    OUTPUT_NODE = True  # training is worth running on its own (snapshots, previews)
+
+class ZOODiPTrainToken(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        opt = {name: widget(name, optional=True) for name in OPTIONAL_WIDGETS}
+        return io.Schema(
+            node_id="ZOODiPTrainToken",
+            display_name="ZOODiP Train Token",
+            category="ZOODiP",
+            description=(
+                "Learns a new token (textual inversion) from a few photos with forward passes only (ZOODiP, "
+                "arXiv 2503.14868), on the model already loaded, at sampling memory. Outputs a CLIP that "
+                "understands embedding:<token_name>, the embedding, and the loss history."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip=_T["model"]),
+                io.Clip.Input("clip", tooltip=_T["clip"]),
+                io.Vae.Input("vae", tooltip=_T["vae"]),
+                io.Image.Input("images", tooltip=_T["images"]),
+                *(widget(name) for name in REQUIRED_WIDGETS),
+                Puts.Input("puts", optional=True, tooltip=_T["puts"]),
+                Subspace.Input("subspace", optional=True, tooltip=_T["subspace"]),
+                opt["prompt_templates"],
+                EmbeddingType.Input("resume", optional=True, tooltip=_T["resume"]),
+                *(opt[name] for name in OPTIONAL_WIDGETS[1:]),
+            ],
+            outputs=[
+                io.Clip.Output(display_name="clip", tooltip="A copy of the input CLIP that resolves embedding:<token_name> to the trained vectors (nothing is saved)."),
+                EmbeddingType.Output(display_name="embedding", tooltip="The trained token; connect Save Embedding to keep it."),
+                Loss.Output(display_name="loss", tooltip="The clean loss of every step (and the held-out loss, if enabled)."),
+                io.Image.Output(display_name="previews", tooltip="The preview images, one per preview_every steps (a black image when previews are off)."),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,  # training is worth running on its own (snapshots, previews)
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": _T["model"]}),
-                "clip": ("CLIP", {"tooltip": _T["clip"]}),
-                "vae": ("VAE", {"tooltip": _T["vae"]}),
-                "images": ("IMAGE", {"tooltip": _T["images"]}),
-                "token_name": ("STRING", {"default": "my-token", "tooltip": _T["token_name"]}),
-                "init_word": ("STRING", {"default": "*", "tooltip": _T["init_word"]}),
-                "num_vectors": ("INT", {"default": 1, "min": 1, "max": MAX_VECTORS, "tooltip": _T["num_vectors"]}),
-                "steps": ("INT", {"default": 30000, "min": 1, "max": 10_000_000, "tooltip": _T["steps"]}),
-                "learning_rate": ("FLOAT", {"default": 5e-3, "min": 0.0, "max": 10.0, "step": 1e-4, "round": False, "tooltip": _T["learning_rate"]}),
-                "queries": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": _T["queries"]}),
-                "perturbation": ("FLOAT", {"default": 1e-3, "min": 0.0, "max": 10.0, "step": 1e-4, "round": False, "tooltip": _T["perturbation"]}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": _T["seed"]}),
-            },
-            "optional": {
-                "puts": ("ZOODIP_PUTS", {"tooltip": _T["puts"]}),
-                "subspace": ("ZOODIP_SUBSPACE", {"tooltip": _T["subspace"]}),
-                "prompt_templates": ("STRING", {"multiline": True, "default": DEFAULT_TEMPLATES_TEXT, "tooltip": _T["prompt_templates"]}),
-                "resume": ("EMBEDDING", {"tooltip": _T["resume"]}),
-                "two_sided": ("BOOLEAN", {"default": False, "tooltip": _T["two_sided"]}),
-                "held_out_every": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": _T["held_out_every"]}),
-                "save_every": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": _T["save_every"]}),
-                "preview_every": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": _T["preview_every"]}),
-                "preview_prompt": ("STRING", {"default": "a photo of {token}", "tooltip": _T["preview_prompt"]}),
-                "query_batch": ("INT", {"default": 2, "min": 0, "max": 64, "tooltip": _T["query_batch"]}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, token_name, init_word, learning_rate, perturbation, prompt_templates=None):
-        # Runs when the prompt is queued, before any node executes. A linked input arrives as
-        # None here and is checked again when the node runs.
-        s = TrainSettings(token_name="x")
-        for name, value in (("token_name", token_name), ("init_word", init_word),
-                            ("learning_rate", learning_rate), ("perturbation", perturbation),
-                            ("prompt_templates", prompt_templates)):
-            if value is not None:
-                setattr(s, name, float(value) if name in ("learning_rate", "perturbation") else value)
+    def validate_inputs(cls, token_name):
+        # Runs when the prompt is queued, before any node executes. token_name only: the host
+        # attaches an error returned here to every argument, and checks the numbers' declared
+        # limits itself (attached to each one) for the inputs that are not arguments. The rest
+        # (init_word, the templates, non-finite floats) is checked when the node starts, before
+        # any model work.
+        if token_name is None:  # linked: checked when the node runs
+            return True
         try:
-            s.validate()
-        except (ValueError, TypeError) as e:
+            check_name(token_name, "token_name")
+        except ValueError as e:
             return str(e)
         return True
 
-    def train(self, model, clip, vae, images, token_name, init_word, num_vectors, steps, learning_rate, queries,
-              perturbation, seed, puts=None, subspace=None, prompt_templates="", resume=None, two_sided=False,
-              held_out_every=0, save_every=0, preview_every=0, preview_prompt="a photo of {token}", query_batch=2,
-              unique_id=None, prompt=None):
+    @classmethod
+    def train(cls, *args, **kwargs):  # 0.1.0's method, for scripts that call the node directly
+        return legacy(cls.execute(*args, **kwargs))
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, token_name, init_word, num_vectors, steps, learning_rate, queries,
+                perturbation, seed, puts=None, subspace=None, prompt_templates="", resume=None, two_sided=False,
+                held_out_every=0, save_every=0, preview_every=0, preview_prompt="a photo of {token}", query_batch=2
+                ) -> io.NodeOutput:
+        unique_id = cls.hidden.unique_id if cls.hidden is not None else None
+        prompt = cls.hidden.prompt if cls.hidden is not None else None
         settings = TrainSettings(
             token_name=token_name, init_word=init_word, num_vectors=num_vectors, steps=steps,
             learning_rate=learning_rate, queries=queries, perturbation=perturbation, seed=seed,
             two_sided=two_sided, puts=puts, subspace=subspace, prompt_templates=prompt_templates or "",
             query_batch=2 if query_batch is None else int(query_batch),
         )
-        if save_every is None or int(save_every) < 0:
-            raise ValueError(f"save_every must be 0 (off) or a number of steps, got {save_every}")
-        save_every = int(save_every)
+        # every declared limit and no inf/nan, before any model work (the host checked the
+        # numbers' ranges when the prompt was queued; an API client may still send nan)
+        settings.validate()
+        held_out_every, save_every, preview_every = (
+            check(name, 0 if value is None else value)
+            for name, value in (("held_out_every", held_out_every), ("save_every", save_every),
+                                ("preview_every", preview_every))
+        )
         check_saves_before_training(prompt, unique_id, token_name)
         if resume is not None:
             settings.validate()  # a bad setting is reported as such, not as a resume mismatch
@@ -222,9 +203,9 @@ class ZOODiPTrainToken:
         emb = _embedding(run)
         trained_clip = host.clip_with_embeddings(clip, {token_name: emb.vectors})
         if not previews:  # an IMAGE output must hold an image: a black one when previews are off
-            return (trained_clip, emb, run.history, torch.zeros((1, 64, 64, 3)))
+            return io.NodeOutput(trained_clip, emb, run.history, torch.zeros((1, 64, 64, 3)))
         result = (trained_clip, emb, run.history, torch.cat(previews))
-        return {"ui": {"images": [_save_preview(p) for p in previews]}, "result": result}
+        return io.NodeOutput(*result, ui={"images": [_save_preview(p) for p in previews]})
 
 
 # Settings a resumed run cannot change: the token would not fit.

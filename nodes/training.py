@@ -82,6 +82,12 @@ def prepare(
         raise ValueError("no training images: connect 3-5 photos of the subject (Load Training Images or Load Image)")
     images = rgb_batch(images, "images", MIN_SIDE)
     family = host.detect_family(model, clip)
+    if settings.puts is not None and settings.puts.t_max > family.num_train_timesteps:
+        # refused, not clamped: the message quotes the user's value
+        raise ValueError(
+            f"PUTS t_max is {settings.puts.t_max}, but this {family.name} model has {family.num_train_timesteps} "
+            f"training timesteps: set t_max to at most {family.num_train_timesteps}"
+        )
     if settings.perturbation != family.paper_mu:
         log.info("ZOODiP: the paper used perturbation (mu) %g for %s; this run uses %g", family.paper_mu, family.name, settings.perturbation)
     if settings.puts is not None and settings.puts.t_max != family.paper_t_max:
@@ -104,7 +110,7 @@ def prepare(
     theta = theta0.to(device=device, dtype=torch.float32).clone()
     latents = host.encode_references(model, vae, images)
     if settings.puts is not None:
-        timesteps = PUTSSampler(settings.puts.t_min, min(settings.puts.t_max, family.num_train_timesteps), family.num_train_timesteps)
+        timesteps = PUTSSampler(settings.puts.t_min, settings.puts.t_max, family.num_train_timesteps)
     else:
         timesteps = PUTSSampler.uniform(family.num_train_timesteps)
     loss_fn = DenoisingLoss(

@@ -106,28 +106,9 @@ file to --resume to continue exactly where it stopped. Exit status: 0 saved, 1 r
 """
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import SETTINGS, add_arguments
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="ZOODiP for ComfyUI: forward-only textual inversion from the command line.",
@@ -142,53 +123,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     need = p.add_argument_group("what to train")
     need.add_argument("--checkpoint", required=True, metavar="FILE",
-                      help="an SD1.x checkpoint: a file path, or a name in ComfyUI's models/checkpoints (as Load Checkpoint lists it)")
+                      help="an SD1.x, SD2.x or SDXL checkpoint: a file path, or a name in ComfyUI's models/checkpoints "
+                           "(as Load Checkpoint lists it)")
     need.add_argument("--images", required=True, metavar="DIR", type=Path,
                       help="a folder with 3-5 photos of the subject (png, jpg, webp...); each is EXIF-rotated, center-cropped and resized")
-    need.add_argument("--token", required=True, metavar="NAME",
-                      help="the new word, used in prompts as embedding:NAME and as the file name; letters, digits, - _ . only")
+    # every training option below is declared once, in zoodip/settings.py (SETTINGS), like the node's inputs
+    add_arguments(need, ["token_name"], required=["token_name"])
 
     t = p.add_argument_group("training (defaults are the paper's)")
-    t.add_argument("--steps", type=_positive_int, default=30000,
-                   help="total training steps; a resumed run continues up to this total (default: %(default)s, the paper's)")
-    t.add_argument("--init-word", default="*", metavar="WORD",
-                   help="a word close to the subject (e.g. dog); its token vectors are the starting point (default: %(default)s)")
-    t.add_argument("--num-vectors", type=_positive_int, default=1, metavar="N",
-                   help="vectors the token uses, 1-75; each takes one of the prompt's 75 token slots (default: %(default)s, the paper's)")
-    t.add_argument("--lr", type=_positive_float, default=5e-3,
-                   help="Adam learning rate (default: %(default)s, the paper's)")
-    t.add_argument("--queries", type=_positive_int, default=2, metavar="N",
-                   help="n, random directions per step; a step costs n+1 forward passes (default: %(default)s; the paper scores n=2 best)")
-    t.add_argument("--mu", type=_positive_float, default=1e-3,
-                   help="perturbation size of each random probe (default: %(default)s; the paper uses 1e-2 for SD2.1, SDXL and int4)")
-    t.add_argument("--two-sided", action="store_true",
-                   help="two-sided estimate: 2n forward passes per step instead of n+1, less biased")
-    t.add_argument("--query-batch", type=_non_negative_int, default=2, metavar="B",
-                   help="queries per UNet call: 2 (default) is a CFG sampler's batch, so training needs about sampling's "
-                        "memory; 0 = all queries in one call (a little faster, more memory)")
-    t.add_argument("--seed", type=_non_negative_int, default=0,
-                   help="seeds every random draw: the same seed and inputs give the same token, bit for bit (default: %(default)s)")
+    add_arguments(t, ["steps", "init_word", "num_vectors", "learning_rate", "queries", "perturbation", "two_sided",
+                      "query_batch", "seed"])
     puts = t.add_mutually_exclusive_group()
-    puts.add_argument("--puts", nargs=2, type=_non_negative_int, default=(500, 900), metavar=("T_MIN", "T_MAX"),
-                      help="PUTS: draw training timesteps from [T_MIN, T_MAX) of the model's 1000 (default: 500 900, the paper's)")
+    t_min, t_max = SETTINGS["t_min"], SETTINGS["t_max"]
+    puts.add_argument("--puts", nargs=2, type=int, default=(t_min.default, t_max.default), metavar=("T_MIN", "T_MAX"),
+                      help=f"PUTS: draw training timesteps from [T_MIN, T_MAX) of the model's 1000 (default: "
+                           f"{t_min.default} {t_max.default}; T_MIN {t_min.range_text()}, T_MAX {t_max.range_text()}; "
+                           f"{t_max.paper_text()} for T_MAX)")
     puts.add_argument("--no-puts", action="store_true",
                       help="no PUTS: timesteps uniform over all of them")
     sg = t.add_mutually_exclusive_group()
-    sg.add_argument("--tau", type=int, default=128,
-                    help="Subspace Gradient: trajectory points per SVD and steps between refreshes (default: %(default)s, the paper's)")
+    add_arguments(sg, ["tau"])
     sg.add_argument("--no-subspace", action="store_true",
                     help="no Subspace Gradient: use the raw zeroth-order estimates")
-    t.add_argument("--nu", type=float, default=1e-3,
-                   help="Subspace Gradient: variance fraction treated as noise, 0 < nu < 1 (default: %(default)s, the paper's)")
+    add_arguments(t, ["nu"])
     t.add_argument("--templates", type=Path, metavar="FILE",
                    help="prompt templates, one per line with {token} once (default: the 27 standard object templates)")
-    t.add_argument("--resolution", type=int, default=512,
-                   help="side of the square training images, a multiple of 8 (default: %(default)s, for SD1.5)")
+    add_arguments(t, ["resolution"])
     t.add_argument("--resume", type=Path, metavar="FILE",
                    help="continue from an embedding file; with its .zoodip-state beside it (Save Embedding, Ctrl-C and "
                         "--save-every write one) the run continues exactly from its step")
-    t.add_argument("--save-every", type=_non_negative_int, default=0, metavar="K",
-                   help="every K steps also save a snapshot to models/embeddings/zoodip-runs/<token>/ (default: 0, off)")
+    add_arguments(t, ["save_every"])
 
     o = p.add_argument_group("where")
     o.add_argument("--overwrite", action="store_true",
@@ -205,27 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the TrainSettings fields that are command-line options, each under its SETTINGS flag
+_TRAIN_OPTIONS = ("token_name", "init_word", "num_vectors", "steps", "learning_rate", "queries", "perturbation", "seed",
+                  "two_sided", "query_batch")
+
+
 def settings_kwargs(opts: argparse.Namespace) -> dict[str, Any]:
     """The TrainSettings fields from the options (PUTS/subspace as plain tuples, filled in later)."""
+    from .settings import dest
+
     templates = ""
     if opts.templates is not None:
         try:
             templates = opts.templates.read_text(encoding="utf-8")
         except (OSError, UnicodeError) as e:
             raise UsageError(f"cannot read --templates {opts.templates}: {e}") from None
-    return {
-        "token_name": opts.token,
-        "init_word": opts.init_word,
-        "num_vectors": opts.num_vectors,
-        "steps": opts.steps,
-        "learning_rate": opts.lr,
-        "queries": opts.queries,
-        "perturbation": opts.mu,
-        "seed": opts.seed,
-        "two_sided": opts.two_sided,
-        "prompt_templates": templates,
-        "query_batch": opts.query_batch,
-    }
+    return {**{name: getattr(opts, dest(name)) for name in _TRAIN_OPTIONS}, "prompt_templates": templates}
 
 
 def check_options(opts: argparse.Namespace) -> None:
@@ -239,8 +198,6 @@ def check_options(opts: argparse.Namespace) -> None:
         s.validate()
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
-    if opts.resolution < 64 or opts.resolution % 8:
-        raise UsageError(f"--resolution must be a multiple of 8 and at least 64, got {opts.resolution}")
     if not opts.images.is_dir():
         raise UsageError(f"--images {opts.images} is not a folder")
     if opts.resume is not None and not opts.resume.is_file():

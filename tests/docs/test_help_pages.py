@@ -36,7 +36,7 @@ def test_web_directory_is_the_docs_root(pack):
 
 
 def test_every_node_has_a_page_and_no_page_is_stale(pack):
-    nodes = set(pack.NODE_CLASS_MAPPINGS)
+    nodes = set(pack.nodes.node_classes())
     pages = {p.stem for p in DOCS.glob("*.md")}
     assert nodes - pages == set(), f"nodes without a help page in web/docs: {sorted(nodes - pages)}"
     assert pages - nodes == set(), f"help pages for nodes that do not exist: {sorted(pages - nodes)}"
@@ -44,9 +44,9 @@ def test_every_node_has_a_page_and_no_page_is_stale(pack):
 
 def test_each_page_covers_its_node(pack):
     problems = []
-    for name, cls in sorted(pack.NODE_CLASS_MAPPINGS.items()):
+    for name, cls in sorted(pack.nodes.node_classes().items()):
         text = (DOCS / f"{name}.md").read_text(encoding="utf-8")
-        title = pack.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)
+        title = pack.nodes.display_names()[name]
         if not text.startswith(f"# {title}\n"):
             problems.append(f"{name}: the page should start with '# {title}'")
         for section in ("## Inputs", "## Outputs", "## Example"):
@@ -66,7 +66,7 @@ def test_each_page_covers_its_node(pack):
 def test_widget_defaults_are_stated(pack):
     """A number or choice default in the node must appear in its row of the inputs table."""
     problems = []
-    for name, cls in sorted(pack.NODE_CLASS_MAPPINGS.items()):
+    for name, cls in sorted(pack.nodes.node_classes().items()):
         text = (DOCS / f"{name}.md").read_text(encoding="utf-8")
         rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([^`]+)`[^\n]*$", text, re.M)}
         for inp, spec in _inputs(cls).items():

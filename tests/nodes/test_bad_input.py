@@ -26,18 +26,16 @@ VALIDATION_CASES = [
     ({"5": {"token_name": "tok\n"}}, "leading or trailing spaces"),
     ({"5": {"token_name": "-rf"}}, "not allowed"),
     ({"5": {"token_name": "a..b"}}, "looks like a path"),
-    ({"5": {"init_word": "   "}}, "init_word is empty"),
     ({"5": {"num_vectors": 0}}, "smaller than min"),
     ({"5": {"num_vectors": 76}}, "bigger than max"),
     ({"5": {"steps": 0}}, "smaller than min"),
     ({"5": {"queries": 0}}, "smaller than min"),
-    ({"5": {"perturbation": 0.0}}, "perturbation (mu) must be > 0"),
-    ({"5": {"perturbation": -1.0}}, "perturbation (mu) must be > 0"),
-    ({"5": {"learning_rate": 0.0}}, "learning_rate must be > 0"),
-    ({"5": {"prompt_templates": "a photo of a dog"}}, "exactly one"),
+    ({"5": {"perturbation": 0.0}}, "smaller than min"),
+    ({"5": {"perturbation": -1.0}}, "smaller than min"),
+    ({"5": {"learning_rate": 0.0}}, "smaller than min"),
     ({"3": {"t_min": 900, "t_max": 500}}, "set t_min below t_max"),
     ({"3": {"t_min": 600, "t_max": 600}}, "set t_min below t_max"),
-    ({"4": {"tau": 1}}, "tau must be at least 2"),
+    ({"4": {"tau": 1}}, "smaller than min"),
     ({"4": {"nu": 0.0}}, "nu must be strictly between 0 and 1"),
     ({"4": {"nu": 1.0}}, "nu must be strictly between 0 and 1"),
 ]
@@ -96,11 +94,16 @@ def _args(**kw):
     return a
 
 
-# refused when the node runs (they need the linked objects), before any training step
+# refused when the node runs (they need the linked objects, or the host attaches a queue-time
+# error to every argument of validate_inputs, so only token_name is one), before any training step
 @pytest.mark.parametrize("kw,words", [
+    ({"init_word": "   "}, "init_word is empty"),
+    ({"prompt_templates": "a photo of a dog"}, "exactly one"),
+    ({"learning_rate": float("nan")}, "learning_rate is nan"),
+    ({"perturbation": float("inf")}, "perturbation (mu) is inf"),
     ({"init_word": "()"}, "has no tokens"),
     ({"init_word": "embedding:foo"}, "plain words"),
-    ({"num_vectors": 0}, "num_vectors must be between 1 and 75"),
+    ({"num_vectors": 0}, "num_vectors must be at least 1 and at most 75"),
     ({"steps": 0}, "steps must be at least 1"),
     ({"queries": 0}, "queries (n) must be at least 1"),
 ])

@@ -92,5 +92,5 @@ def test_apply_refuses_an_sdxl_embedding_on_sd1(host, loaded):
 
 @pytest.mark.parametrize("bad", ["../escape", "a/b", "nul", "has space"])
 def test_save_refuses_bad_filenames_at_validation(host, bad):
-    msg = _nodes()["ZOODiPSaveEmbedding"].VALIDATE_INPUTS(bad)
+    msg = _nodes()["ZOODiPSaveEmbedding"].validate_inputs(bad)
     assert isinstance(msg, str) and "filename" in msg

@@ -238,14 +238,20 @@ def test_pack_loaded_and_registered(host: HeadlessHost) -> None:
     pack = host.pack_module
     assert pack is not None, "the pack did not load"
     assert Path(pack.__file__).resolve() == (host.pack_root / "__init__.py").resolve()
-    mappings = getattr(pack, "NODE_CLASS_MAPPINGS", None)
-    assert isinstance(mappings, dict)
+    # registered through comfy_entrypoint (io.ComfyNode schemas); a NODE_CLASS_MAPPINGS would
+    # make the host's loader skip the entrypoint
+    assert getattr(pack, "NODE_CLASS_MAPPINGS", None) is None
+    assert callable(getattr(pack, "comfy_entrypoint", None))
+    mappings = pack.nodes.node_classes()
+    assert len(mappings) == 10
+    import nodes
+
     for name, cls in mappings.items():
         assert host.node_class_mappings.get(name) is cls, (
             f"{name} not registered by the host"
         )
         assert cls.RELATIVE_PYTHON_MODULE == "custom_nodes.comfyui-zoodip"
-    assert isinstance(getattr(pack, "NODE_DISPLAY_NAME_MAPPINGS", None), dict)
+        assert nodes.NODE_DISPLAY_NAME_MAPPINGS[name] == pack.nodes.display_names()[name]
 
 
 def test_load_api_workflow(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def test_node_is_registered_with_a_tooltip_on_every_input(host):
 
     cls = nodes.NODE_CLASS_MAPPINGS["ZOODiPQuantizeModel"]
     assert nodes.NODE_DISPLAY_NAME_MAPPINGS["ZOODiPQuantizeModel"] == "Quantize Model"
-    assert cls.CATEGORY == "ZOODiP" and cls.RETURN_TYPES == ("MODEL", "CLIP")
+    assert cls.CATEGORY == "ZOODiP" and tuple(cls.RETURN_TYPES) == ("MODEL", "CLIP")
     spec = cls.INPUT_TYPES()
     inputs = {**spec["required"], **spec["optional"]}
     assert set(inputs) == {"model", "linear", "conv", "clip", "quantize_clip"}

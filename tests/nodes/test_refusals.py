@@ -299,7 +299,7 @@ def test_save_onto_a_link_that_leads_outside_is_refused(host, clean_embeddings, 
     target.write_bytes(b"someone else's file")
     (clean_embeddings / "victim.safetensors").symlink_to(target)
     save = _nodes()["ZOODiPSaveEmbedding"]
-    assert "would write outside the embeddings folder" in save.VALIDATE_INPUTS("victim")
+    assert "would write outside the embeddings folder" in save.validate_inputs("victim")
     Embedding = host.pack_module.zoodip.embedding.Embedding
     with pytest.raises(ValueError, match="would write outside the embeddings folder"):
         save().save(Embedding("victim", {"l": torch.ones(1, 768)}), "", True)

@@ -342,7 +342,7 @@ def test_save_embedding_files(host, clean_embeddings):
     assert load.load("my.v1.safetensors")[0].state is None  # damaged: the embedding still loads
     # names that leave the folder are refused at validation
     for bad in ("../x", "a/b", "..", "con"):
-        assert save.VALIDATE_INPUTS(bad) is not True
+        assert save.validate_inputs(bad) is not True
     assert not list(clean_embeddings.rglob("*.tmp"))
 
 
