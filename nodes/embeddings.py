@@ -31,9 +31,9 @@ class ZOODiPSaveEmbedding(io.ComfyNode):
                 "as embedding:<filename>. Never replaces an existing file unless overwrite is on."
             ),
             inputs=[
-                Embedding.Input("embedding", tooltip="The trained token (from ZOODiP Train Token or Load Embedding)."),
-                io.String.Input("filename", default="", tooltip="File name without extension; empty uses the token's name. Letters, digits, - _ . only."),
-                io.Boolean.Input("overwrite", default=False, tooltip="Replace a file of the same name. Off: an existing file stops the save with an error."),
+                Embedding.Input("embedding", tooltip="The token, from ZOODiP Train Token (or Load Embedding, to copy one under a new name)."),
+                io.String.Input("filename", default="", tooltip="File name without extension; empty uses the token's own name, so embedding:<token_name> works right away. Letters, digits, - _ . only."),
+                io.Boolean.Input("overwrite", default=False, tooltip="Replace a file of the same name. Off by default so that a second run never destroys a token you kept: an existing file stops the save with an error."),
             ],
             outputs=[],
             is_output_node=True,
@@ -142,7 +142,7 @@ class ZOODiPApplyEmbedding(io.ComfyNode):
             inputs=[
                 io.Clip.Input("clip", tooltip="The CLIP to extend (it is not modified)."),
                 Embedding.Input("embedding", tooltip="The token vectors."),
-                io.String.Input("token_name", default="", tooltip="The word to use as embedding:<token_name>; empty uses the embedding's own name."),
+                io.String.Input("token_name", default="", tooltip="The word to use as embedding:<token_name> in prompts; empty uses the embedding's own name, which is what Save Embedding would have saved it as."),
             ],
             outputs=[io.Clip.Output(display_name="clip")],
         )

@@ -43,7 +43,7 @@ class ZOODiPEvaluate(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input("images", tooltip="Generated images (with the token)."),
-                io.Image.Input("references", tooltip="The subject's reference photos."),
+                io.Image.Input("references", tooltip="The subject's reference photos (e.g. Load Training Images)."),
                 io.String.Input("prompt", default="a photo of a dog", tooltip="The prompt to score CLIP-T against; write the class word where the token was (the paper's protocol)."),
                 Choice("clip_model", options=_weights(OPEN_CLIP_DIR) or [NONE], tooltip="An open_clip weights file in models/open_clip (the paper uses ViT-B-32)."),
                 io.String.Input("clip_architecture", default="ViT-B-32", tooltip="The open_clip architecture of the file; a <file>.json config beside the weights overrides it."),

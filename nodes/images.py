@@ -42,7 +42,7 @@ class ZOODiPLoadImages(io.ComfyNode):
                 "rotation applied, center-cropped to a square, resized. Non-images are skipped with a warning."
             ),
             inputs=[
-                Choice("folder", options=_subfolders(), tooltip="A subfolder of ComfyUI/input holding 3-5 photos of the subject."),
+                Choice("folder", options=_subfolders(), tooltip="A subfolder of ComfyUI/input holding 3-5 photos of the subject (png, jpg, webp, bmp, tif, gif)."),
                 widget("resolution"),
             ],
             outputs=[io.Image.Output(display_name="images")],

@@ -37,7 +37,7 @@ _T = {
         "Optional: the CLIP to quantize with the same Linear format, its token table too (a lookup dequantizes "
         "only the rows it reads; trained token vectors are spliced in as float, never quantized)."
     ),
-    "quantize_clip": "Quantize the connected CLIP's Linear layers and token table too. Off: the CLIP output is the input CLIP.",
+    "quantize_clip": "Quantize the connected CLIP's Linear layers and token table too, as the paper does. Off: the CLIP output is the input CLIP.",
 }
 
 

@@ -44,12 +44,15 @@ def widget(name: str, optional: bool = False) -> io.Input:
     s = SETTINGS[name]
     common: dict[str, Any] = {"optional": optional, "tooltip": tooltip(s), "default": s.default}
     if s.kind is bool:
-        return io.Boolean.Input(name, **common)
-    if s.kind is str:
-        return io.String.Input(name, multiline=s.multiline, **common)
-    if s.kind is int:
-        return io.Int.Input(name, min=s.min, max=s.max, step=s.step, **common)
-    return io.Float.Input(name, min=s.min, max=s.max, step=s.step, round=s.extra.get("round"), **common)
+        inp = io.Boolean.Input(name, **common)
+    elif s.kind is str:
+        inp = io.String.Input(name, multiline=s.multiline, **common)
+    elif s.kind is int:
+        inp = io.Int.Input(name, min=s.min, max=s.max, step=s.step, **common)
+    else:
+        inp = io.Float.Input(name, min=s.min, max=s.max, step=s.step, round=s.extra.get("round"), **common)
+    inp.zoodip_setting = s  # for the node reference (devtools/docs.py)
+    return inp
 
 
 class Choice(io.Combo.Input):

@@ -49,7 +49,7 @@ class Setting:
     metavar: str | None = None
     multiline: bool = False
     zero: str = ""  # what 0 means, when it is a switch ("off")
-    extra: dict = field(default_factory=dict)  # widget options that are no limit (round, ...)
+    extra: dict = field(default_factory=dict)  # widget options that are no limit (round), doc_default
 
     @property
     def what(self) -> str:
@@ -197,12 +197,12 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting(
         "prompt_templates", str, DEFAULT_TEMPLATES_TEXT,
         "One prompt per line, each with {token} exactly once. Empty uses the 27 standard object templates.",
-        doc="Each step draws one.", multiline=True,
+        doc="Each step draws one.", multiline=True, extra={"doc_default": "the 27 standard object templates"},
     ),
     Setting(
         "two_sided", bool, False,
         "Two-sided estimate: 2n forward passes per step instead of n+1, less biased.",
-        doc="Twice the cost at n=1. The paper uses the one-sided estimate.", paper=False, flag="--two-sided",
+        doc="Twice the cost at n=1. The paper uses the one-sided estimate.", flag="--two-sided",
     ),
     Setting(
         "held_out_every", int, 0,
@@ -251,11 +251,13 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting(
         "tau", int, 128,
         "Trajectory points per SVD, and steps between refreshes of the subspace.",
+        doc="For runs of a few hundred steps, a smaller tau lets the projector start earlier.",
         min=2, max=4096, paper=128, flag="--tau",
     ),
     Setting(
         "nu", float, 1e-3,
         "Variance fraction treated as noise: directions beyond 1 - nu of the explained variance are projected out.",
+        doc="1e-3 keeps the directions that explain 99.9% of the trajectory's variance.",
         min=0.0, max=1.0, min_exclusive=True, max_exclusive=True, step=1e-4, paper=1e-3, flag="--nu",
         extra={"round": False},
     ),
@@ -263,11 +265,14 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting(
         "resolution", int, 512,
         "Side of the square training images (512 for SD1.5, 1024 for SDXL).",
+        doc="The VAE encodes them once per run.",
         min=64, max=4096, step=8, multiple_of=8, flag="--resolution",
     ),
     Setting(
         "smoothing", float, 0.9,
         "Weight of the moving average drawn over the noisy per-step loss (0 = none).",
+        doc="0.9 averages over roughly the last 10 steps, enough to see a trend through the per-step noise without "
+            "hiding it.",
         min=0.0, max=0.999, step=0.01,
     ),
 )
