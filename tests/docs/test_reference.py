@@ -36,3 +36,15 @@ def test_train_token_page_names_every_supported_family(host):
     supported = host.pack_module.nodes.host.SUPPORTED_TEXT
     text = (docs.WEB_DOCS / "ZOODiPTrainToken.md").read_text(encoding="utf-8")
     assert f"Supported: {supported}" in " ".join(text.split())
+
+
+def test_per_family_table_states_the_papers_values():
+    """docs/nodes.md's table of per-family settings is prose; its mu and PUTS band must be the table's."""
+    from zoodip.settings import FAMILIES, paper_value
+
+    text = docs.REFERENCE.read_text(encoding="utf-8")
+    for family in FAMILIES:
+        row = next(ln for ln in text.splitlines() if ln.startswith(f"| {family} |"))
+        mu = paper_value("perturbation", family)
+        assert f"| {mu:.0e}".replace("e-0", "e-") in row, (family, row)
+        assert f"{paper_value('t_min', family)}-{paper_value('t_max', family)}" in row, (family, row)
