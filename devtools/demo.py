@@ -94,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         ids = {v["class_type"]: k for k, v in prompt.items()}
         history = r.value(ids["ZOODiPTrainToken"], 2)
+        k = prompt[ids["ZOODiPTrainToken"]]["inputs"]["held_out_every"]
         print(
             "\nheld-out loss: the denoising loss of the current token on 4 fixed draws (photo, noise, timestep),\n"
-            "apart from training's random ones and the same each time, so the points compare; measured every "
-            f"{prompt[ids['ZOODiPTrainToken']]['inputs']['held_out_every']} steps, lower is better"
+            "apart from training's random ones and the same each time, so the points compare (the per-step loss\n"
+            f"above draws anew each step and is noisy); measured every {k} step{'s' if k > 1 else ''}, lower is better"
         )
         points = [f"step {s}: {v:.4f}" for s, v in history.held_out]
         for i in range(0, len(points), 6):
