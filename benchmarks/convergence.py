@@ -5,7 +5,7 @@ target is the model's own prediction under a hidden token theta* (a seeded rando
 scale of the host's token embeddings), so the loss is exactly 0 at theta* and falls as theta
 approaches what theta* does to the model. Everything runs inside a headless ComfyUI on the tiny
 random-weight SD1.5 checkpoint (full CLIP-L, a small UNet): the host's text encoder and UNet, its
-``model_sampling``, the pack's own ``ZOTrainer`` (estimator -> Subspace projector -> ZOAdam).
+``model_sampling``, the pack's own ``ZOTrainer`` (estimator -> Subspace projector -> torch.optim.Adam).
 
 Variants are compared at an EQUAL BUDGET OF FORWARD PASSES, counting the token-conditioned
 text-encoder + UNet evaluations the step makes (the benchmark counts the rows it evaluates):
@@ -236,7 +236,7 @@ def train_variant(v: Variant, seed: int, budget: int, grid: list[int], theta0, l
         theta = theta0.clone()
         est = pk["zoodip.estimator"].RandomGradientEstimator(v.n, MU, v.two_sided)
         proj = pk["zoodip.projector"].SubspaceProjector(v.tau, v.nu) if v.kind == "sg" else None
-        trainer = pk["zoodip.trainer"].ZOTrainer(theta, loss_fn, est, pk["zoodip.optim"].ZOAdam(theta, lr=LR), proj, seed=seed)
+        trainer = pk["zoodip.trainer"].ZOTrainer(theta, loss_fn, est, pk["zoodip.optim"].paper_adam(theta, lr=LR), proj, seed=seed)
         snap(0, theta)
         with torch.inference_mode():
             for k in range(1, steps + 1):

@@ -240,7 +240,7 @@ def bench_size(session, size: str, repeats: int, say: Callable[[str], None]) -> 
     host, training = pk["nodes.host"], pk["nodes.training"]
     DenoisingLoss = pk["zoodip.loss"].DenoisingLoss
     RandomGradientEstimator = pk["zoodip.estimator"].RandomGradientEstimator
-    ZOAdam, ZOTrainer = pk["zoodip.optim"].ZOAdam, pk["zoodip.trainer"].ZOTrainer
+    paper_adam, ZOTrainer = pk["zoodip.optim"].paper_adam, pk["zoodip.trainer"].ZOTrainer
     settings_mod, derive_seed = pk["zoodip.settings"], pk["zoodip.seeds"].derive_seed
 
     say(f"[{size}] loading the checkpoint with the host's CheckpointLoaderSimple")
@@ -266,7 +266,7 @@ def bench_size(session, size: str, repeats: int, say: Callable[[str], None]) -> 
     def trainer(n: int, mode: str):
         theta = theta0.clone()
         return ZOTrainer(theta, losses[mode], RandomGradientEstimator(n, settings.perturbation),
-                         ZOAdam(theta, lr=settings.learning_rate), None, seed=settings.seed)
+                         paper_adam(theta, lr=settings.learning_rate), None, seed=settings.seed)
 
     clock = ModuleClock(device)
     for key in run.family.encoders:

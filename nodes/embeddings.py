@@ -105,11 +105,11 @@ class ZOODiPLoadEmbedding(io.ComfyNode):
         if path is None:
             raise ValueError(f"{embedding_name} is not in the embeddings folder {embeddings_dir()}")
         emb = emb_io.load(Path(path))
-        emb.state = _read_state(emb, emb_io.state_path(Path(path)))
+        emb.state = read_state(emb, emb_io.state_path(Path(path)))
         return io.NodeOutput(emb)
 
 
-def _read_state(emb, sp: Path) -> dict | None:
+def read_state(emb, sp: Path) -> dict | None:
     """The training state saved beside an embedding, if it is there, readable and for these vectors.
 
     A broken or mismatched state only costs the exact resume (a warning), never the embedding.

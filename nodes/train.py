@@ -136,7 +136,7 @@ class ZOODiPTrainToken(io.ComfyNode):
         saved = {"step": start, "path": None}  # the last step whose token is on disk
 
         def snapshot() -> None:
-            path = save_snapshot(_embedding(run), run.trainer.step_count)
+            path = save_snapshot(run.embedding(), run.trainer.step_count)
             saved.update(step=run.trainer.step_count, path=path)
 
         def on_step(r, rate):
@@ -200,7 +200,7 @@ class ZOODiPTrainToken(io.ComfyNode):
                         f"{'the resumed embedding' if resume is not None else 'init_word ' + repr(init_word)})."
                     ) from e
             raise
-        emb = _embedding(run)
+        emb = run.embedding()
         trained_clip = host.clip_with_embeddings(clip, {token_name: emb.vectors})
         if not previews:  # an IMAGE output must hold an image: a black one when previews are off
             return io.NodeOutput(trained_clip, emb, run.history, torch.zeros((1, 64, 64, 3)))
@@ -212,17 +212,6 @@ class ZOODiPTrainToken(io.ComfyNode):
 _FIXED = ("num_vectors",)
 # Settings whose new value applies from the resumed step on (bit-exact only when unchanged).
 _APPLIED = ("learning_rate", "queries", "perturbation", "two_sided", "seed", "puts", "subspace", "prompt_templates")
-
-
-def _embedding(run) -> Embedding:
-    """The run's token, with the settings and family in its training state (checked on resume)."""
-    emb = run.embedding()
-    emb.state = {
-        **emb.state,
-        "settings": emb.metadata.get("zoodip.settings", ""),
-        "family": run.family.name,
-    }
-    return emb
 
 
 def _stored_settings(resume: Embedding) -> dict:

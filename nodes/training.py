@@ -17,7 +17,7 @@ from ..zoodip.embedding import Embedding
 from ..zoodip.estimator import RandomGradientEstimator
 from ..zoodip.images import MIN_SIDE, rgb_batch
 from ..zoodip.loss import DenoisingLoss, held_out_loss
-from ..zoodip.optim import ZOAdam
+from ..zoodip.optim import paper_adam
 from ..zoodip.projector import SubspaceProjector
 from ..zoodip.seeds import derive_seed
 from ..zoodip.settings import TrainSettings
@@ -53,6 +53,7 @@ class Run:
     history: LossHistory
 
     def embedding(self) -> Embedding:
+        """The token as it is now, with its metadata and the training state an exact resume needs."""
         theta = self.trainer.theta.detach().to("cpu", torch.float32)
         parts = theta.split(list(self.family.dims), dim=-1)
         vectors = {k: p.clone() for k, p in zip(self.family.encoders, parts)}
@@ -61,7 +62,9 @@ class Run:
             "zoodip.family": self.family.name,
             "zoodip.step": str(self.trainer.step_count),
         }
-        return Embedding(self.settings.token_name, vectors, meta, state=self.trainer.state_dict())
+        # the settings and family go in the training state too: a resume checks them
+        state = {**self.trainer.state_dict(), "settings": meta.get("zoodip.settings", ""), "family": self.family.name}
+        return Embedding(self.settings.token_name, vectors, meta, state=state)
 
     def held_out(self) -> float:
         # fixed draws: the same images, noise and timesteps at every evaluation of this run
@@ -123,7 +126,7 @@ def prepare(
         max_batch=settings.query_batch or None,
     )
     estimator = RandomGradientEstimator(settings.queries, settings.perturbation, settings.two_sided)
-    optimizer = ZOAdam(theta, lr=settings.learning_rate)
+    optimizer = paper_adam(theta, lr=settings.learning_rate)
     projector = SubspaceProjector(settings.subspace.tau, settings.subspace.nu) if settings.subspace else None
     trainer = ZOTrainer(theta, loss_fn, estimator, optimizer, projector, seed=settings.seed)
     history = LossHistory(settings.token_name)

@@ -11,7 +11,7 @@ import torch
 
 from .embedding import MAX_ABS_VALUE
 from .estimator import RandomGradientEstimator
-from .optim import ZOAdam
+from .optim import adam_state, check_adam_state, load_adam_state, only_param, paper_adam
 from .projector import SubspaceProjector
 from .seeds import derive_seed
 
@@ -51,7 +51,8 @@ class ZOTrainer:
     """Trains ``theta`` in place with forward evaluations of ``loss_fn`` only.
 
     Per step k: seed_k = derive(seed, k); evaluate the estimator's queries around theta in one
-    batch; g = estimate; optionally record theta in the projector and project g; optimizer step.
+    batch; g = estimate; optionally record theta in the projector and project g; g becomes theta's
+    ``.grad`` for one ``optimizer.step()`` (a ``torch.optim.Adam`` over theta, see ``optim.paper_adam``).
     All randomness derives from (seed, k), so stopping at k and resuming gives the identical run.
     """
 
@@ -60,12 +61,12 @@ class ZOTrainer:
         theta: torch.Tensor,
         loss_fn: BatchLoss,
         estimator: RandomGradientEstimator,
-        optimizer: ZOAdam,
+        optimizer: torch.optim.Adam,
         projector: SubspaceProjector | None = None,
         seed: int = 0,
         max_bad_steps: int = 5,
     ) -> None:
-        if optimizer.param is not theta:
+        if only_param(optimizer) is not theta:
             raise ValueError("the optimizer must update the same tensor the trainer trains")
         self.theta = theta
         self.loss_fn = loss_fn
@@ -103,12 +104,17 @@ class ZOTrainer:
         if self.projector is not None:
             self.projector.observe(self.theta)
             grad = self.projector.project(grad)
-        before, optimizer_before = self.theta.clone(), self.optimizer.state_dict()
-        self.optimizer.step(grad)
+        # kept to undo a step that would blow the token up (the optimizer's moments included)
+        before, optimizer_before = self.theta.clone(), adam_state(self.optimizer)
+        self.theta.grad = grad.to(device=self.theta.device, dtype=self.theta.dtype)
+        try:
+            self.optimizer.step()
+        finally:
+            self.theta.grad = None  # the estimate is this step's only: nothing accumulates
         biggest = float(self.theta.abs().max()) if bool(torch.isfinite(self.theta).all()) else math.inf
         if biggest > MAX_ABS_VALUE:
             self.theta.copy_(before)
-            self.optimizer.load_state_dict(optimizer_before)
+            load_adam_state(self.optimizer, optimizer_before)
             self.step_count = k
             raise DivergedError(
                 f"step {k + 1} would move the token to values up to {biggest:.3g} (beyond {MAX_ABS_VALUE:g}, where a "
@@ -138,7 +144,7 @@ class ZOTrainer:
             "bad_in_a_row": self._bad_in_a_row,
             "history": list(self.history),
             "estimator": self.estimator.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": adam_state(self.optimizer),
             "projector": None if self.projector is None else self.projector.state_dict(),
         }
 
@@ -148,6 +154,7 @@ class ZOTrainer:
                 f"the saved state is for a token of shape {tuple(state['theta'].shape)}, "
                 f"this run trains {tuple(self.theta.shape)}; use the same num_vectors"
             )
+        check_adam_state(state["optimizer"], tuple(self.theta.shape))  # refused before anything changes
         self.theta.copy_(state["theta"].to(device=self.theta.device, dtype=self.theta.dtype))
         self.seed = int(state["seed"])
         self.step_count = int(state["step"])
@@ -155,7 +162,7 @@ class ZOTrainer:
         self._bad_in_a_row = int(state["bad_in_a_row"])
         self.history = [float(x) for x in state["history"]]
         self.estimator.load_state_dict(state["estimator"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_adam_state(self.optimizer, state["optimizer"])
         if self.projector is not None and state["projector"] is not None:
             self.projector.load_state_dict(state["projector"])
 
@@ -176,7 +183,7 @@ def check_state(state, shape: tuple[int, ...]) -> None:
         raise ValueError(f"it lacks {', '.join(missing)}")
     theta = torch.zeros(shape)
     projector = None if state["projector"] is None else SubspaceProjector()
-    scratch = ZOTrainer(theta, lambda *a: None, RandomGradientEstimator(), ZOAdam(theta), projector)
+    scratch = ZOTrainer(theta, lambda *a: None, RandomGradientEstimator(), paper_adam(theta), projector)
     try:
         scratch.load_state_dict(state)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:

@@ -153,7 +153,7 @@ def test_importing_the_engine_and_cli_never_imports_the_host():
     ],
 )
 def test_bad_options_are_refused_before_the_host_starts(args, message, tmp_path, capsys):
-    from zoodip.cli import main
+    from cli import main
 
     base = ["train", "--checkpoint", "x.safetensors", "--images", str(tmp_path), "--comfyui", str(tmp_path / "nope")]
     try:
@@ -167,7 +167,7 @@ def test_bad_options_are_refused_before_the_host_starts(args, message, tmp_path,
 
 
 def test_missing_host_is_a_clear_error(tmp_path, capsys):
-    from zoodip.cli import main
+    from cli import main
 
     code = main(["train", "--checkpoint", "x", "--images", str(tmp_path), "--token", "t", "--comfyui", str(tmp_path / "nope")])
     err = capsys.readouterr().err
@@ -176,8 +176,8 @@ def test_missing_host_is_a_clear_error(tmp_path, capsys):
 
 
 def test_host_lookup_matches_the_dev_tools(monkeypatch, tmp_path):
+    from cli import find_comfyui
     from devtools.host_path import host_path
-    from zoodip.cli import find_comfyui
 
     assert find_comfyui() == host_path()
     fake = tmp_path / "ComfyUI"
@@ -189,7 +189,7 @@ def test_host_lookup_matches_the_dev_tools(monkeypatch, tmp_path):
     # a user's install: the pack (here a symlink) in <ComfyUI>/custom_nodes, run from its folder
     link = fake / "custom_nodes" / "comfyui-zoodip"
     link.symlink_to(REPO, target_is_directory=True)
-    code = "from zoodip.cli import find_comfyui; print(find_comfyui())"
+    code = "from cli import find_comfyui; print(find_comfyui())"
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
     r = subprocess.run([sys.executable, "-c", code], cwd=link, env={**env, "PWD": str(link)},
                        capture_output=True, text=True, timeout=120)

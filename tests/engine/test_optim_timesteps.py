@@ -1,35 +1,47 @@
 import pytest
 import torch
 
-from zoodip import PUTSSampler, ZOAdam
+from zoodip import PUTSSampler, paper_adam
+from zoodip.optim import adam_state, load_adam_state, only_param
 from zoodip.seeds import derive_seed, generator
 
 
-def test_adam_matches_torch_adam():
-    p1 = torch.randn(5)
-    p2 = p1.clone().requires_grad_(True)
-    ours = ZOAdam(p1, lr=1e-2, eps=1e-3)
-    ref = torch.optim.Adam([p2], lr=1e-2, eps=1e-3)
-    for i in range(20):
-        g = torch.randn(5, generator=generator(i))
-        ours.step(g)
-        p2.grad = g.clone()
-        ref.step()
-    torch.testing.assert_close(p1, p2.detach(), rtol=1e-5, atol=1e-6)
+def test_paper_adam_is_torch_adam_with_the_papers_settings():
+    p = torch.zeros(3)
+    opt = paper_adam(p, lr=1e-2)
+    assert type(opt) is torch.optim.Adam and only_param(opt) is p
+    g = opt.param_groups[0]
+    assert (g["lr"], g["betas"], g["eps"]) == (1e-2, (0.9, 0.999), 1e-3)
+    assert g["foreach"] is False and g["fused"] is False and g["capturable"] is False
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        paper_adam(p, lr=0.0)
 
 
 def test_adam_state_round_trip():
     p = torch.zeros(3)
-    opt = ZOAdam(p, lr=0.1)
+    opt = paper_adam(p, lr=0.1)
     for i in range(3):
-        opt.step(torch.ones(3) * i)
+        p.grad = torch.ones(3) * i
+        opt.step()
     q = p.clone()
-    opt2 = ZOAdam(q, lr=0.5)
-    opt2.load_state_dict(opt.state_dict())
+    opt2 = paper_adam(q, lr=0.5)
+    load_adam_state(opt2, adam_state(opt))
+    assert adam_state(opt2)["t"] == 3 and adam_state(opt2)["lr"] == 0.1
     g = torch.tensor([1.0, -1.0, 2.0])
-    opt.step(g)
-    opt2.step(g)
+    p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    opt2.step()
     assert torch.equal(p, q)
+
+
+def test_a_fresh_optimizer_state_round_trips_too():
+    p = torch.zeros(2, 4)
+    s = adam_state(paper_adam(p))
+    assert s["t"] == 0 and torch.equal(s["exp_avg"], torch.zeros(2, 4))
+    q = torch.zeros(2, 4)
+    opt = paper_adam(q, lr=0.3)
+    load_adam_state(opt, s)
+    assert opt.state.get(q) is None and opt.param_groups[0]["lr"] == 5e-3
 
 
 def test_puts_samples_inside_its_band():

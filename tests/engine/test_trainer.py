@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from zoodip import NonFiniteLossError, RandomGradientEstimator, SubspaceProjector, ZOAdam, ZOTrainer, held_out_loss
+from zoodip import NonFiniteLossError, RandomGradientEstimator, SubspaceProjector, ZOTrainer, held_out_loss, paper_adam
 from zoodip.seeds import generator
 
 
@@ -17,7 +17,7 @@ def make(seed=0, projector=True, noise=0.0, queries=2):
 
     theta = torch.zeros(2, 16)
     tr = ZOTrainer(
-        theta, loss, RandomGradientEstimator(queries, 1e-3), ZOAdam(theta, lr=2e-2),
+        theta, loss, RandomGradientEstimator(queries, 1e-3), paper_adam(theta, lr=2e-2),
         SubspaceProjector(16, 1e-3) if projector else None, seed=seed,
     )
     return tr, loss, target
@@ -67,7 +67,7 @@ def test_non_finite_losses_are_skipped_then_stop_with_last_good_token():
         return (thetas**2).sum(dim=1)
 
     theta = torch.ones(4)
-    tr = ZOTrainer(theta, loss, RandomGradientEstimator(1), ZOAdam(theta), seed=0, max_bad_steps=3)
+    tr = ZOTrainer(theta, loss, RandomGradientEstimator(1), paper_adam(theta), seed=0, max_bad_steps=3)
     tr.run(3)
     good = theta.clone()
     assert tr.step().skipped
@@ -86,7 +86,7 @@ def test_clean_loss_is_the_unperturbed_query():
         return (thetas**2).sum(dim=1)
 
     theta = torch.full((3,), 2.0)
-    tr = ZOTrainer(theta, loss, RandomGradientEstimator(2, 1e-3), ZOAdam(theta), seed=1)
+    tr = ZOTrainer(theta, loss, RandomGradientEstimator(2, 1e-3), paper_adam(theta), seed=1)
     r = tr.step()
     assert seen[0].shape == (3, 3)  # n+1 queries evaluated in one call
     assert r.loss == pytest.approx(12.0)
@@ -99,7 +99,7 @@ def test_no_autograd_graph_is_built():
         return out
 
     theta = torch.ones(3)
-    ZOTrainer(theta, loss, RandomGradientEstimator(1), ZOAdam(theta)).run(3)
+    ZOTrainer(theta, loss, RandomGradientEstimator(1), paper_adam(theta)).run(3)
     assert theta.grad is None
 
 
@@ -108,7 +108,7 @@ def test_no_autograd_graph_is_built():
 
 def _trainer(loss, lr=1e-2, mu=1e-3):
     theta = torch.zeros(1, 8)
-    return ZOTrainer(theta, loss, RandomGradientEstimator(1, mu), ZOAdam(theta, lr=lr), seed=0)
+    return ZOTrainer(theta, loss, RandomGradientEstimator(1, mu), paper_adam(theta, lr=lr), seed=0)
 
 
 def test_a_runaway_update_is_refused_and_the_last_good_token_kept():

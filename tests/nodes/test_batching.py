@@ -122,7 +122,7 @@ def test_clean_loss_is_the_unperturbed_query_with_no_extra_pass(host, prepared, 
     theta = prepared.trainer.theta.clone()
     n = 2
     trainer = m["trainer"].ZOTrainer(theta, recording, m["estimator"].RandomGradientEstimator(n, 1e-3),
-                                     m["optim"].ZOAdam(theta, lr=5e-3), seed=3)
+                                     m["optim"].paper_adam(theta, lr=5e-3), seed=3)
     with _session(host, prepared):
         before = theta.clone()
         with _counting(prepared) as calls:

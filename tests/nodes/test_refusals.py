@@ -63,7 +63,7 @@ def _st(path, **tensors):
 def _state(host, theta: torch.Tensor, step: int = 1) -> dict:
     z = host.pack_module.zoodip
     t = theta.clone()
-    return {**z.ZOTrainer(t, lambda *a: None, z.RandomGradientEstimator(), z.ZOAdam(t)).state_dict(), "step": step}
+    return {**z.ZOTrainer(t, lambda *a: None, z.RandomGradientEstimator(), z.paper_adam(t)).state_dict(), "step": step}
 
 
 # --- Save: an existing file is refused before training; both files or neither ----------------------

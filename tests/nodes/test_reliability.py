@@ -350,7 +350,7 @@ def _state(host, theta: torch.Tensor, step: int) -> dict:
     """A complete training state for ``theta`` at ``step``, as the pack's trainer writes it."""
     z = host.pack_module.zoodip
     t = theta.clone()
-    state = z.ZOTrainer(t, lambda *a: None, z.RandomGradientEstimator(), z.ZOAdam(t)).state_dict()
+    state = z.ZOTrainer(t, lambda *a: None, z.RandomGradientEstimator(), z.paper_adam(t)).state_dict()
     return {**state, "step": step}
 
 
