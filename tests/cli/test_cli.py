@@ -25,6 +25,19 @@ HOST_WRITABLE = ("models", "input", "output", "temp", "user")
 HOST_MODULES = ("comfy", "nodes", "folder_paths", "execution", "server", "comfy_extras")
 
 
+def runner():
+    """The pack root's cli.py (the host runner), loaded by path under its own name, as zoodip/__main__.py runs it."""
+    import importlib.util
+
+    name = "zoodip_root_cli"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "cli.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([sys.executable, "-m", "zoodip", *args], cwd=cwd, env=env,
@@ -153,7 +166,7 @@ def test_importing_the_engine_and_cli_never_imports_the_host():
     ],
 )
 def test_bad_options_are_refused_before_the_host_starts(args, message, tmp_path, capsys):
-    from cli import main
+    main = runner().main
 
     base = ["train", "--checkpoint", "x.safetensors", "--images", str(tmp_path), "--comfyui", str(tmp_path / "nope")]
     try:
@@ -167,7 +180,7 @@ def test_bad_options_are_refused_before_the_host_starts(args, message, tmp_path,
 
 
 def test_missing_host_is_a_clear_error(tmp_path, capsys):
-    from cli import main
+    main = runner().main
 
     code = main(["train", "--checkpoint", "x", "--images", str(tmp_path), "--token", "t", "--comfyui", str(tmp_path / "nope")])
     err = capsys.readouterr().err
@@ -176,8 +189,9 @@ def test_missing_host_is_a_clear_error(tmp_path, capsys):
 
 
 def test_host_lookup_matches_the_dev_tools(monkeypatch, tmp_path):
-    from cli import find_comfyui
     from devtools.host_path import host_path
+
+    find_comfyui = runner().find_comfyui
 
     assert find_comfyui() == host_path()
     fake = tmp_path / "ComfyUI"
@@ -189,7 +203,7 @@ def test_host_lookup_matches_the_dev_tools(monkeypatch, tmp_path):
     # a user's install: the pack (here a symlink) in <ComfyUI>/custom_nodes, run from its folder
     link = fake / "custom_nodes" / "comfyui-zoodip"
     link.symlink_to(REPO, target_is_directory=True)
-    code = "from cli import find_comfyui; print(find_comfyui())"
+    code = "import runpy; print(runpy.run_path('cli.py')['find_comfyui']())"
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
     r = subprocess.run([sys.executable, "-c", code], cwd=link, env={**env, "PWD": str(link)},
                        capture_output=True, text=True, timeout=120)
