@@ -8,6 +8,7 @@ between generated and reference images. Models come from the user's local files 
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def load_dino(weights: Path, architecture: str, device: str = "cpu"):
     except RuntimeError as e:
         raise ValueError(f"unknown timm architecture {architecture!r} ({_first_line(e)}): set dino_architecture to "
                          "the file's, e.g. vit_base_patch14_dinov2") from None
-    filter_fn = getattr(__import__(type(model).__module__, fromlist=["x"]), "checkpoint_filter_fn", None)
+    # the model's own timm module (already imported) has its key converter
+    filter_fn = getattr(inspect.getmodule(type(model)), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:
             sd = filter_fn(sd, model)
