@@ -61,19 +61,22 @@ def adam_state(optimizer: torch.optim.Adam) -> dict:
 
 def check_adam_state(state: object, shape: tuple[int, ...]) -> None:
     """ValueError saying why ``state`` (file layout) cannot continue an Adam over a tensor of ``shape``."""
-    if not isinstance(state, Mapping) or any(k not in state for k in STATE_KEYS):
+    if not isinstance(state, Mapping) or not any(k in state for k in STATE_KEYS):
         have = sorted(state) if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(
             f"the optimizer part of the training state is not Adam's {list(STATE_KEYS)} (found {have}): it was not "
             "written by this version of ZOODiP. Load the embedding without its .zoodip-state to train on from its vectors"
         )
+    missing = [k for k in ("exp_avg", "exp_avg_sq", "t", "lr", "betas", "eps") if k not in state]  # moments first
+    if missing:  # Adam's layout with a part gone: damaged (check_state says "it is damaged (no 'exp_avg')")
+        raise ValueError(f"no {missing[0]!r}")
     for k in ("exp_avg", "exp_avg_sq"):
         t = state[k]
         if not torch.is_tensor(t) or tuple(t.shape) != tuple(shape):
             got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
             raise ValueError(f"optimizer state is for shape {got}, the token has {tuple(shape)}")
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"the optimizer state's {k} holds NaN/inf: the state is damaged; resume without it")
+            raise ValueError(f"it holds NaN or infinite values (optimizer/{k}): the state is damaged; resume without it")
     b1, b2 = (float(b) for b in state["betas"])
     if not (0 <= b1 < 1 and 0 <= b2 < 1) or not float(state["eps"]) >= 0 or not float(state["lr"]) > 0 or int(state["t"]) < 0:
         raise ValueError(f"the optimizer state has impossible values (lr {state['lr']}, betas {state['betas']}, "

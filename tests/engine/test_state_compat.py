@@ -118,7 +118,10 @@ def test_an_optimizer_state_in_another_layout_is_refused_with_the_reason():
 def test_a_damaged_optimizer_state_is_refused():
     state = old_state()
     state["optimizer"]["exp_avg_sq"] = torch.full((2, 16), float("nan"))
-    _refused(state, "NaN/inf")
+    _refused(state, r"NaN or infinite values \(optimizer/exp_avg_sq\)")
+    state = old_state()
+    del state["optimizer"]["exp_avg"]
+    _refused(state, r"no 'exp_avg'")
     state = old_state()
     state["optimizer"]["exp_avg"] = torch.zeros(3, 16)
     _refused(state, r"shape \(3, 16\)")
