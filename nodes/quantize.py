@@ -1,8 +1,9 @@
 """Quantize Model: a MODEL (and CLIP) with weight-only int8 / 4-bit layers, the inputs untouched.
 
-The quantization itself (layer classes, the tree walk) is the engine's ``zoodip.quant``; this file
-only knows the host's objects: which subtree to quantize, the weight patches (LoRAs) a ModelPatcher
-holds, and the bookkeeping attributes its loader keeps on models and layers.
+The quantized layers are the host's own layer classes (``nodes/ops.py``, with the engine's
+``zoodip.quant`` maths and tree walk); this file only knows the host's objects: which subtree to
+quantize, the weight patches (LoRAs) a ModelPatcher holds, and the bookkeeping attributes its
+loader keeps on models and layers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from comfy_api.latest import io
 
 from ..zoodip import quant
+from . import ops
 from .schema import Choice, legacy
 
 log = logging.getLogger("zoodip")
@@ -74,9 +76,9 @@ class ZOODiPQuantizeModel(io.ComfyNode):
     def execute(cls, model, linear, conv, clip=None, quantize_clip=True) -> io.NodeOutput:
         clip_linear = linear if (clip is not None and quantize_clip) else "none"
         # a format the device cannot run is refused before any work, with what to choose instead
-        quant.probe(linear, conv, model.load_device)
+        ops.probe(linear, conv, model.load_device)
         if clip_linear != "none":
-            quant.probe(clip_linear, "none", clip.patcher.load_device)
+            ops.probe(clip_linear, "none", clip.patcher.load_device)
         new_model, report = quantize_patcher(model, linear, conv, scope="diffusion_model")
         log.info("ZOODiP Quantize Model: UNet %s", report.summary())
         new_clip = clip
@@ -159,7 +161,7 @@ def quantize_patcher(patcher, linear: str, conv: str, scope: str, tables: list[s
         return base
 
     root = patcher.model
-    new_root, report = quant.quantize_module(
+    new_root, report = ops.quantize_module(
         root, linear, conv, scope=scope, tables=tables, tensor_of=tensor_of, on_clone=_reset_layer,
         store_device=patcher.offload_device,
     )
@@ -200,7 +202,7 @@ def _rounds_inputs(m: torch.nn.Module, device: torch.device) -> str | None:
     import sys
 
     bnb = sys.modules.get("bitsandbytes.nn")
-    if bnb is not None and isinstance(m, bnb.Linear8bitLt) and not quant.is_quantized_layer(m):
+    if bnb is not None and isinstance(m, bnb.Linear8bitLt) and not ops.is_quantized_layer(m):
         state = getattr(m, "state", None)
         if state is not None and not state.has_fp16_weights and (device.type != "cpu" or not m.training):
             return ("is a bitsandbytes LLM.int8 layer, which rounds its inputs to int8 on this device. Load the model "

@@ -131,3 +131,13 @@ def test_the_checker_catches_every_way_in(snippet):
 )
 def test_the_checker_lets_the_engine_s_own_imports_through(snippet):
     assert violations(snippet) == []
+
+
+def test_architecture_md_states_the_rule_and_names_every_module():
+    root = ENGINE.parent
+    text = (root / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    assert "imports nothing from ComfyUI" in text and "tests/engine/test_layers.py" in text
+    assert len(text) < 12_000  # one page
+    modules = [p for d in ("zoodip", "nodes") for p in sorted((root / d).glob("*.py")) if p.name != "__init__.py"]
+    missing = [f"{p.parent.name}/{p.name}" for p in modules if f"{p.name}`" not in text]
+    assert not missing, f"ARCHITECTURE.md does not say what these are: {missing}"

@@ -1,4 +1,9 @@
-"""zoodip.quant alone (no host): layer formats, the copy-on-quantize walk, weight-only forward, autograd."""
+"""zoodip.quant alone (no host): the quantize/dequantize maths and the copy-on-quantize walk.
+
+The layers built from this maths are the host's own classes (nodes/ops.py); they are tested in the
+host, tests/nodes/test_quant_layers.py. Here the walk runs with a small factory of plain layers
+that records what it was asked to build.
+"""
 
 from __future__ import annotations
 
@@ -8,280 +13,115 @@ import torch
 from zoodip import quant
 
 bnb = pytest.importorskip("bitsandbytes")
+CPU = torch.device("cpu")
 
 
-def _net(seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(4, 32, 3, padding=1),
-        torch.nn.SiLU(),
-        torch.nn.Conv2d(32, 32, 1),
-        torch.nn.GroupNorm(4, 32),
-        torch.nn.Flatten(),
-        torch.nn.Linear(32 * 8 * 8, 128),
-        torch.nn.GELU(),
-        torch.nn.Linear(128, 16),
-    )
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p.shape[-1]) ** 0.5))
-    return net.requires_grad_(False)
-
-
-def _x(seed: int = 1) -> torch.Tensor:
-    return torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+def _w(*shape, seed=0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 0.05
 
 
 def _rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize(("linear", "conv", "tol"), [("int8", "int8", 0.02), ("nf4", "int8", 0.15), ("fp4", "nf4", 0.3),
-                                                     ("none", "int8", 0.02), ("int8", "none", 0.02)])
-def test_formats_replace_the_layers_and_stay_close_to_float(linear, conv, tol):
-    net = _net()
-    q, report = quant.quantize_module(net, linear, conv)
-    kinds = {name: type(m) for name, m in q.named_modules()}
-    if linear == "int8":
-        assert issubclass(kinds["5"], bnb.nn.Linear8bitLt) and not q[5].state.has_fp16_weights
-        assert q[5].weight.dtype == torch.int8
-    elif linear in ("nf4", "fp4"):
-        assert issubclass(kinds["5"], bnb.nn.Linear4bit) and q[5].weight.quant_state.quant_type == linear
-    else:
-        assert kinds["5"] is torch.nn.Linear
-    if conv != "none":
-        assert isinstance(q[0], quant.QuantConv2d) and q[0].fmt == conv
-    else:
-        assert kinds["0"] is torch.nn.Conv2d
-    # the 1x1 convolution is a per-pixel Linear layer: it takes the Linear format
-    if linear != "none":
-        assert isinstance(q[2], quant.QuantConv2d) and q[2].fmt == linear
-    else:
-        assert isinstance(q[2], quant.QuantConv2d) and q[2].fmt == conv
-    assert kinds["3"] is torch.nn.GroupNorm  # everything else is kept as it is
-    with torch.no_grad():
-        assert _rel(q(_x()), net(_x())) < tol
-    n_lin = 3 if linear != "none" else 0
-    n_conv = (1 if linear != "none" else 2) if conv != "none" else 0
-    assert sum(report.layers.values()) == n_lin + n_conv
+def test_int8_rows_are_the_llm_int8_format_and_dequantize_close():
+    w = _w(64, 128)
+    cb, scb = quant.int8_rows(w, CPU)
+    assert cb.dtype == torch.int8 and scb.shape == (64,) and scb.dtype == torch.float32
+    assert torch.allclose(scb, w.abs().amax(dim=1).half().float(), rtol=1e-3)  # absmax per row, as bitsandbytes
+    assert _rel(quant.dequantize_int8_rows(cb, scb, torch.float32, CPU), w) < 0.01
+    assert quant.dequantize_int8_rows(cb, scb, torch.float16, CPU).dtype == torch.float16
 
 
-def test_the_input_tree_is_not_changed_and_untouched_tensors_are_shared_not_copied():
-    net = _net()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    params_before = {k: (id(p), p.data_ptr()) for k, p in net.named_parameters()}
-    modules_before = {k: id(m) for k, m in net.named_modules()}
-    q, _ = quant.quantize_module(net, "int8", "int8")
-    assert {k: id(m) for k, m in net.named_modules()} == modules_before
-    assert {k: (id(p), p.data_ptr()) for k, p in net.named_parameters()} == params_before
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    # the kept GroupNorm and the quantized layers' biases point at the same memory ...
-    assert q[3].weight.data_ptr() == net[3].weight.data_ptr()
-    assert q[5].bias.data_ptr() == net[5].bias.data_ptr()
-    # ... through their own Parameter objects and modules, so moving/casting the copy leaves the input alone
-    assert q[3] is not net[3] and q[3].weight is not net[3].weight
-    q.half()
-    assert net[3].weight.dtype == torch.float32 and torch.equal(net[3].weight, before["3.weight"])
-    # and the original still computes what it did
-    with torch.no_grad():
-        net(_x())
+def test_int8_channels_keep_one_scale_per_output_channel():
+    w = _w(8, 4, 3, 3)
+    w[3] = 0.0  # an all-zero channel must not divide by zero
+    q, scale = quant.int8_channels(w)
+    assert q.dtype == torch.int8 and scale.shape == (8,) and int(q.abs().max()) == 127
+    back = quant.dequantize_int8_channels(q, scale, torch.float32, CPU)
+    assert torch.equal(back[3], torch.zeros_like(back[3]))
+    assert _rel(back, w) < 0.01
 
 
-def test_a_second_walk_shares_module_structure_once():
-    shared = torch.nn.Linear(8, 8)
-    net = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
-    q, report = quant.quantize_module(net, "int8", "none")
-    assert q[0] is q[2]  # a module used twice stays one module
-    assert report.layers == {"Linear->int8": 1}
+@pytest.mark.parametrize("fmt, tol", [("nf4", 0.12), ("fp4", 0.2)])
+def test_4bit_blocks_round_trip(fmt, tol):
+    w = _w(32, 256)
+    packed, qs = quant.quantize_4bit(w, fmt, CPU)
+    assert packed.numel() * packed.element_size() == w.numel() // 2 and qs.quant_type == fmt
+    assert _rel(quant.dequantize_4bit(packed, qs, torch.float32, CPU), w) < tol
 
 
-def test_resident_bytes_shrink_by_the_format():
-    net = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Conv2d(64, 64, 3))
-    fp32 = quant.resident_bytes(net)
-    int8 = quant.resident_bytes(quant.quantize_module(net, "int8", "int8")[0])
-    nf4 = quant.resident_bytes(quant.quantize_module(net, "nf4", "nf4")[0])
-    assert int8 <= 0.27 * fp32
-    assert nf4 <= 0.16 * fp32
-    # storage shared with the original is counted once
-    q = quant.quantize_module(net, "none", "int8")[0]
-    assert quant.resident_bytes(net, q) < quant.resident_bytes(net) + quant.resident_bytes(q)
+@pytest.mark.parametrize("fmt, tol", [("int8", 0.01), ("nf4", 0.12)])
+def test_table_rows_dequantize_only_the_rows_read(fmt, tol):
+    w = _w(300, 128)
+    q, scale, code = quant.quantize_table(w, fmt, CPU, CPU, chunk_rows=64)  # in slices: same result
+    q2, scale2, _ = quant.quantize_table(w, fmt, CPU, CPU)
+    assert torch.equal(q, q2) and torch.equal(scale, scale2)
+    ids = torch.tensor([[0, 5, 299, 5]])
+    rows = quant.table_rows(q, scale, code, ids, torch.float32)
+    assert rows.shape == (1, 4, 128) and torch.equal(rows[0, 1], rows[0, 3])
+    assert _rel(rows[0], w[ids[0]]) < tol
+    with pytest.raises(quant.QuantizationError, match="divisible by 64"):
+        quant.quantize_table(_w(10, 100), "nf4", CPU, CPU)
 
 
-def test_forward_never_changes_the_stored_weights():
-    net = _net()
-    q, _ = quant.quantize_module(net, "nf4", "int8")
-    sd = {k: v.clone() for k, v in q.state_dict().items()}
-    with torch.no_grad():
-        q(_x())
-        for dtype in (torch.bfloat16, torch.float16):  # the compute dtype follows the input; storage does not
-            assert q[5](torch.randn(2, 2048).to(dtype)).dtype == dtype
-            assert q[0](_x().to(dtype)).dtype == dtype
-    after = q.state_dict()
-    assert sd.keys() == after.keys()
-    for k in sd:
-        assert torch.equal(sd[k], after[k]), k
-
-
-def test_weight_only_forward_is_linear_in_small_input_changes():
-    """Activations are not quantized: a tiny input change moves the output by W_deq @ change, as a
-    float layer would (bitsandbytes' LLM.int8 matmul would round such a change away)."""
-    g = torch.Generator().manual_seed(0)
-    lin = torch.nn.Linear(256, 128)
-    for fmt in ("int8", "nf4"):
-        q = quant.quantized_linear(lin.weight.detach(), lin.bias.detach(), fmt)
-        x = torch.randn(4, 256, generator=g)
-        d = 1e-3 * torch.randn(4, 256, generator=g)
-        with torch.no_grad():
-            got = q(x + d) - q(x)
-            want = torch.nn.functional.linear(d, q.dequantized(torch.float32, x.device))
-        assert _rel(got, want) < 1e-3, fmt
-
-
-def test_input_gradient_matches_the_dequantized_float_layer_and_keeps_no_float_weights():
-    net = _net()
-    q, _ = quant.quantize_module(net, "int8", "int8")
-    # reference: the same layers as float modules with the dequantized weights
-    ref = _net()
-    with torch.no_grad():
-        for i in (0, 2, 5, 7):
-            ref[i].weight.copy_(q[i].dequantized(torch.float32, torch.device("cpu")))
-    saved = []
-
-    def pack(t):
-        saved.append(t.numel())
-        return t
-
-    x1 = _x().requires_grad_(True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        q(x1).square().sum().backward()
-    x2 = _x().requires_grad_(True)
-    ref(x2).square().sum().backward()
-    assert _rel(x1.grad, x2.grad) < 1e-4
-    weight_sizes = {net[i].weight.numel() for i in (0, 2, 5, 7)}
-    assert not weight_sizes & set(saved)  # autograd kept activations only, no dequantized weight
-    # the stored weights got no gradient and require none
-    assert all(not p.requires_grad and p.grad is None for p in q.parameters())
-
-
-def test_host_patch_hooks_are_refused_clearly():
-    q = quant.quantized_linear(torch.randn(16, 32), None, "int8")
-    q.layer_name = "blocks.0.proj"
-    with pytest.raises(RuntimeError, match="blocks.0.proj.*before Quantize Model"):
-        q.set_weight(torch.zeros(16, 32))
-    with pytest.raises(RuntimeError, match="LoRA"):  # a host reads this first, before it touches the weight
-        getattr(q, "convert_weight")  # noqa: B009
-    q.weight_function = [lambda w: w]
-    with pytest.raises(RuntimeError, match="LoRA"):
-        q(torch.randn(2, 32))
-
-
-def test_layers_that_cannot_be_quantized_are_refused_before_any_work():
-    class Packed(torch.nn.Linear):  # another pack's format: integer weights in a Linear
-        def __init__(self):
-            super().__init__(8, 8)
-            self.weight = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.uint8), requires_grad=False)
-
-    net = torch.nn.Sequential(torch.nn.Linear(8, 8), Packed())
-    with pytest.raises(quant.QuantizationError, match=r"layer 1 \(Packed\).*already quantized"):
-        quant.quantize_module(net, "int8", "none")
-    q, _ = quant.quantize_module(torch.nn.Sequential(torch.nn.Linear(8, 8)), "int8", "none")
-    with pytest.raises(quant.QuantizationError, match="already quantized"):
-        quant.quantize_module(q, "nf4", "none")
-    with pytest.raises(quant.QuantizationError, match="linear must be one of"):
-        quant.quantize_module(net, "int4", "none")
-    with pytest.raises(quant.QuantizationError, match="conv must be one of"):
-        quant.quantize_module(net, "none", "fp4")
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
-def test_weights_stored_in_any_float_dtype_can_be_quantized(dtype):
-    net = _net()
-    low = _net().to(dtype)  # e.g. a model the host loaded with weight_dtype fp8
-    for a, b in zip(net.parameters(), low.parameters()):
-        a.data = b.data.float()  # the reference: the same (rounded) values in fp32
-    q, _ = quant.quantize_module(low, "int8", "int8")
-    assert q[5].weight.dtype == torch.int8 and q[0].weight.dtype == torch.int8
-    with torch.no_grad():
-        assert _rel(q[0](_x()), net[0](_x())) < 0.02  # a kept-as-is bias stays in its dtype: compute per layer
-
-
-def test_scope_limits_the_walk():
-    net = torch.nn.Module()
-    net.diffusion_model = torch.nn.Sequential(torch.nn.Linear(8, 8))
-    net.other = torch.nn.Linear(8, 8)
-    q, report = quant.quantize_module(net, "int8", "int8", scope="diffusion_model")
-    assert isinstance(q.diffusion_model[0], bnb.nn.Linear8bitLt)
-    assert type(q.other) is torch.nn.Linear and q.other is not net.other
-    assert report.layers == {"Linear->int8": 1}
-
-
-def test_tensor_of_supplies_the_values_and_baked_names_are_reported():
-    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
-    patched = net[0].weight.detach() + 1.0
-
-    def tensor_of(name, t, for_q):
-        return patched if name == "0.weight" else t
-
-    q, report = quant.quantize_module(net, "int8", "none", tensor_of=tensor_of)
-    assert report.baked == ["0.weight"]
-    assert _rel(q[0].dequantized(torch.float32, torch.device("cpu")), patched) < 0.01
-
-
-def test_probe_passes_on_cpu_and_names_the_format_when_a_device_cannot_run_it():
-    quant.probe("nf4", "int8", "cpu")
-    quant.probe("int8", "nf4", "cpu")
-    with pytest.raises(quant.QuantizationError, match=r"Linear nf4 does not work on meta"):
-        quant.probe("nf4", "none", "meta")
-
-
-def _table(n: int = 300, d: int = 128, seed: int = 2) -> torch.nn.Embedding:
-    emb = torch.nn.Embedding(n, d)
-    with torch.no_grad():
-        emb.weight.copy_(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * 0.02)
-    return emb.requires_grad_(False)
-
-
-@pytest.mark.parametrize(("fmt", "tol", "ratio"), [("int8", 0.01, 0.26), ("nf4", 0.1, 0.15), ("fp4", 0.15, 0.15)])
-def test_token_tables_are_quantized_only_when_named_and_look_up_their_rows(fmt, tol, ratio):
-    root = torch.nn.Module()
-    root.token_embedding = _table()
-    root.position_embedding = _table(77, 128, seed=3)  # the host reads this one through .weight
-    root.proj = torch.nn.Linear(128, 128)
-    q, report = quant.quantize_module(root, fmt, "none", tables=["token_embedding"])
-    assert isinstance(q.token_embedding, quant.QuantEmbedding) and q.token_embedding.fmt == fmt
-    assert type(q.position_embedding) is torch.nn.Embedding  # not named: kept, and shared
-    assert q.position_embedding.weight.data_ptr() == root.position_embedding.weight.data_ptr()
-    assert report.layers[f"Embedding->{fmt}"] == 1
-    ids = torch.tensor([[0, 5, 299, 5], [17, 1, 2, 3]])
-    ref = root.token_embedding(ids)
-    out = q.token_embedding(ids, out_dtype=torch.float32)
-    assert out.shape == ref.shape and out.dtype == torch.float32
-    assert _rel(out, ref) < tol
-    assert torch.equal(out[0, 1], out[0, 3])  # a row dequantizes the same wherever it is read
-    assert q.token_embedding(ids).dtype == torch.float32  # without out_dtype: the table's own dtype
-    assert q.token_embedding(ids, out_dtype=torch.float16).dtype == torch.float16
-    assert q.token_embedding.embedding_dim == 128
-    assert quant.resident_bytes(q.token_embedding) <= ratio * 300 * 128 * 4
-
-
-def test_4bit_token_table_rows_equal_bitsandbytes_dequantization():
-    w = _table().weight.data
+def test_4bit_table_rows_equal_bitsandbytes_dequantization():
+    w = _w(300, 128)
     packed, qs = bnb.functional.quantize_4bit(w.contiguous(), blocksize=64, compress_statistics=False, quant_type="nf4")
-    want = bnb.functional.dequantize_4bit(packed, qs)
-    got = quant.quantized_embedding(w, "nf4")(torch.arange(w.shape[0]))
-    assert torch.equal(got, want)  # the same code values and blocks as nf4 Linear layers
+    q, scale, code = quant.quantize_table(w, "nf4", CPU, CPU)
+    assert torch.equal(quant.table_rows(q, scale, code, torch.arange(300), torch.float32), bnb.functional.dequantize_4bit(packed, qs))
 
 
-def test_bad_token_tables_are_refused_before_any_work():
-    root = torch.nn.Module()
-    root.token_embedding = _table()
-    root.proj = torch.nn.Linear(128, 128)
-    with pytest.raises(quant.QuantizationError, match="no token table named nope"):
-        quant.quantize_module(root, "int8", "none", tables=["nope"])
-    with pytest.raises(quant.QuantizationError, match="not a token table"):
-        quant.quantize_module(root, "int8", "none", tables=["proj"])
-    odd = torch.nn.Module()
-    odd.token_embedding = _table(10, 100)  # 100 is not a multiple of the 4-bit block
-    q, report = quant.quantize_module(odd, "nf4", "none", tables=["token_embedding"])
-    assert type(q.token_embedding) is torch.nn.Embedding and "4-bit blocks" in report.skipped[0]
+class Recording:
+    """A layer factory for the walk: plain float layers with the dequantized weights, and a log."""
+
+    def __init__(self) -> None:
+        self.built: list[tuple[str, str]] = []
+
+    class Layer(torch.nn.Linear):
+        pass
+
+    def linear(self, weight, bias, fmt, *, work_device=None, store_device=None):
+        self.built.append(("linear", fmt))
+        m = self.Layer(weight.shape[1], weight.shape[0], bias=bias is not None)
+        m.weight = quant.alias_param(weight)
+        m.bias = None if bias is None else quant.alias_param(bias)
+        return m
+
+    def conv(self, conv, weight, bias, fmt, *, work_device=None, store_device=None):
+        self.built.append(("conv", fmt))
+        return torch.nn.Identity()
+
+    def embedding(self, weight, fmt, *, work_device=None, store_device=None):
+        self.built.append(("embedding", fmt))
+        return torch.nn.Identity()
+
+    def is_quantized(self, m):
+        return isinstance(m, self.Layer)
+
+
+def test_the_walk_plans_everything_before_building_anything():
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Conv2d(4, 4, 3), torch.nn.Conv2d(4, 4, 1),
+                              torch.nn.Linear(8, 8))
+    float_weight = net[3].weight
+    net[3].weight = torch.nn.Parameter(float_weight.detach().to(torch.int8), requires_grad=False)  # cannot be quantized, last
+    layers = Recording()
+    with pytest.raises(quant.QuantizationError, match=r"layer 3 .*already quantized"):
+        quant.quantize_module(net, "int8", "nf4", layers=layers)
+    assert layers.built == []  # refused before any work
+    net[3].weight = float_weight
+    q, report = quant.quantize_module(net, "int8", "nf4", layers=layers)
+    # the 1x1 convolution takes the Linear format; the others the conv one
+    assert layers.built == [("linear", "int8"), ("conv", "nf4"), ("conv", "int8"), ("linear", "int8")]
+    assert report.layers == {"Linear->int8": 2, "Conv2d->nf4": 1, "Conv2d->int8": 1}
+    assert q[0].layer_name == "0" and q is not net
+    with pytest.raises(quant.QuantizationError, match="already quantized"):
+        quant.quantize_module(q, "int8", "none", layers=Recording())
+
+
+def test_resident_bytes_count_shared_storage_once():
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64))
+    q, _ = quant.quantize_module(net, "none", "none", layers=Recording())
+    one = quant.resident_bytes(net)
+    assert one == sum(p.numel() * 4 for p in net.parameters())
+    assert quant.resident_bytes(net, q) == one  # the copy shares every tensor

@@ -53,7 +53,7 @@ def images(host, photos):
 @pytest.fixture
 def dequantize_counter(host, monkeypatch):
     """How many dequantized weights of the pack's layers were alive at once, at most."""
-    quant = _pack(host, "zoodip.quant")
+    ops = _pack(host, "nodes.ops")
     live: list = []
     seen = {"calls": 0, "max_alive": 0}
 
@@ -67,7 +67,7 @@ def dequantize_counter(host, monkeypatch):
 
         return dequantized
 
-    for cls in (quant.QuantConv2d, quant._cls("int8_linear"), quant._cls("linear_4bit")):
+    for cls in (ops.QuantConv2d, ops.linear_class("int8"), ops.linear_class("nf4")):
         monkeypatch.setattr(cls, "dequantized", wrap(cls.dequantized))
     return seen
 
@@ -164,7 +164,7 @@ def test_input_model_and_clip_are_left_unchanged(host, loaded, int8_pair):
     assert qm.model_size() < 0.3 * model.model_size()
     assert qc.patcher.model_size() < 0.55 * clip.patcher.model_size()  # fp16 -> int8, the token table too
     te = qc.cond_stage_model.clip_l.transformer
-    assert isinstance(te.get_input_embeddings(), _pack(host, "zoodip.quant").QuantEmbedding)
+    assert isinstance(te.get_input_embeddings(), _pack(host, "nodes.ops").QuantEmbedding)
     assert type(te.text_model.embeddings.position_embedding).__name__ == "Embedding"  # read by .weight: kept
     # no CLIP connected: the CLIP output is empty; quantize_clip off: the input CLIP itself
     assert _quantize(model, "none", "none")[1] is None
