@@ -10,6 +10,7 @@ import folder_paths
 from ..zoodip import embedding as emb_io
 from ..zoodip.embedding import Embedding
 from ..zoodip.files import check_name, inside
+from ..zoodip.settings import PUTSConfig, SubspaceConfig
 
 log = logging.getLogger("zoodip")
 
@@ -32,6 +33,20 @@ def embedding_path(filename: str) -> Path:
     if not inside(base, path):
         raise ValueError(f"filename {filename!r} would write outside the embeddings folder")
     return path
+
+
+def own_name(embedding: Embedding, field: str) -> str:
+    """The embedding's own name (from its file or its token), used when ``field`` is left empty."""
+    try:
+        return check_name(embedding.name, "name")
+    except ValueError as e:
+        raise ValueError(
+            f"{field} is empty, and the embedding's own name cannot be used: {e}. Type a {field}"
+        ) from None
+
+
+def own_name_path(embedding: Embedding) -> Path:
+    return embedding_path(own_name(embedding, "filename"))
 
 
 def runs_dir(token_name: str) -> Path:
@@ -93,6 +108,35 @@ def check_saves_before_training(prompt, node_id, token_name: str) -> None:
                 f"{path} already exists, so Save Embedding (node {save_id}) would refuse it after training: choose "
                 "another filename there, or turn its overwrite on (checked before training, so none is wasted)"
             )
+
+
+# what each link type must look like, and where it usually comes from
+_LINK_TYPES = {
+    "MODEL": (lambda v: hasattr(v, "get_model_object") and hasattr(v, "model"), "your checkpoint loader"),
+    "CLIP": (lambda v: hasattr(v, "tokenize") and hasattr(v, "cond_stage_model"), "your checkpoint loader"),
+    "VAE": (lambda v: hasattr(v, "encode") and hasattr(v, "decode"), "your checkpoint loader"),
+    "EMBEDDING": (lambda v: isinstance(v, Embedding), "ZOODiP Train Token or Load Embedding"),
+    "ZOODIP_PUTS": (lambda v: isinstance(v, PUTSConfig), "PUTS Sampler Config"),
+    "ZOODIP_SUBSPACE": (lambda v: isinstance(v, SubspaceConfig), "Subspace Projector"),
+    "ZOODIP_LOSS": (lambda v: hasattr(v, "loss") and hasattr(v, "held_out"), "ZOODiP Train Token"),
+}
+
+
+def check_links(**inputs: tuple[object, str]) -> None:
+    """Refuse a value that is not the linked type an input needs: ``name=(value, "MODEL")``.
+
+    The host does not check the values an API client writes in place of a link (a string where a
+    MODEL should be passes validation), so the node says what to connect instead of failing deep
+    inside with an AttributeError.
+    """
+    for name, (value, kind) in inputs.items():
+        if value is None:
+            continue
+        ok, source = _LINK_TYPES[kind]
+        if not ok(value):
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ValueError(f"{name}: got {type(value).__name__} {shown}, not a {kind}: connect the output of {source}")
 
 
 def snapshot_name(path: Path) -> str:

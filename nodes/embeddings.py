@@ -13,7 +13,7 @@ from ..zoodip import embedding as emb_io
 from ..zoodip.files import check_name
 from ..zoodip.trainer import check_state
 from . import host
-from .common import embedding_path, embeddings_dir
+from .common import check_links, embedding_path, embeddings_dir, own_name, own_name_path
 from .schema import Choice, Embedding, legacy
 
 log = logging.getLogger("zoodip")
@@ -54,7 +54,8 @@ class ZOODiPSaveEmbedding(io.ComfyNode):
 
     @classmethod
     def execute(cls, embedding, filename, overwrite) -> io.NodeOutput:
-        path = embedding_path(filename or embedding.name)
+        check_links(embedding=(embedding, "EMBEDDING"))
+        path = embedding_path(filename) if filename else own_name_path(embedding)
         # the embedding and its state (for an exact resume later; the host does not list it): both or neither
         emb_io.save_with_state(embedding, path, overwrite=overwrite)
         log.info("ZOODiP: saved %s", path)
@@ -162,6 +163,7 @@ class ZOODiPApplyEmbedding(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, embedding, token_name) -> io.NodeOutput:
-        name = check_name(token_name or embedding.name)
+        check_links(clip=(clip, "CLIP"), embedding=(embedding, "EMBEDDING"))
+        name = check_name(token_name) if token_name else own_name(embedding, "token_name")
         emb_io.check_vectors(embedding)  # a NaN token would turn every image black
         return io.NodeOutput(host.apply_embedding(clip, embedding, name))

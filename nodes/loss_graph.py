@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from ..zoodip.plot import render_loss_plot
 from ..zoodip.settings import check
+from .common import check_links
 from .schema import Loss, check_inputs, legacy, widget
 
 
@@ -41,6 +42,7 @@ class ZOODiPLossGraph(io.ComfyNode):
 
     @classmethod
     def execute(cls, loss, smoothing: float = 0.9) -> io.NodeOutput:
+        check_links(loss=(loss, "ZOODIP_LOSS"))
         smoothing = check("smoothing", 0.9 if smoothing is None else smoothing)
         arr = render_loss_plot(
             list(loss.loss), list(loss.held_out), title=f"ZOODiP loss: {loss.token_name}", smoothing=smoothing

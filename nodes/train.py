@@ -17,7 +17,7 @@ from ..zoodip.files import check_name
 from ..zoodip.settings import TrainSettings, check
 from ..zoodip.trainer import NonFiniteLossError, NothingLearnedError, check_state
 from . import host, training
-from .common import check_saves_before_training, save_snapshot, snapshot_name
+from .common import check_links, check_saves_before_training, save_snapshot, snapshot_name
 from .schema import Embedding as EmbeddingType
 from .schema import Loss, Puts, Subspace, legacy, widget
 
@@ -106,6 +106,8 @@ class ZOODiPTrainToken(io.ComfyNode):
                 ) -> io.NodeOutput:
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         prompt = cls.hidden.prompt if cls.hidden is not None else None
+        check_links(model=(model, "MODEL"), clip=(clip, "CLIP"), vae=(vae, "VAE"), puts=(puts, "ZOODIP_PUTS"),
+                    subspace=(subspace, "ZOODIP_SUBSPACE"), resume=(resume, "EMBEDDING"))
         settings = TrainSettings(
             token_name=token_name, init_word=init_word, num_vectors=num_vectors, steps=steps,
             learning_rate=learning_rate, queries=queries, perturbation=perturbation, seed=seed,

@@ -211,11 +211,30 @@ def _first_line(e: Exception) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
+# An embedding file holds one tensor per text encoder (and a few at most in other tools' formats);
+# a file with many more is a model, LoRA or VAE put in the wrong folder.
+MAX_TENSORS = 16
+_KNOWN_KEYS = ("emb_params", "clip_l", "clip_g")
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors an embedding needs, read without loading the rest of the file."""
+    from safetensors import safe_open
+
     try:
-        data = path.read_bytes()
-        return st_load(data), _read_safetensors_metadata(data)
-    except OSError:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            meta = dict(f.metadata() or {})
+            wanted = [k for k in keys if k in _KNOWN_KEYS]
+            if not wanted:
+                if len(keys) > MAX_TENSORS:
+                    raise ValueError(
+                        f"{path.name} holds {len(keys)} tensors and no embedding key ({', '.join(_KNOWN_KEYS)}): it "
+                        "looks like a model, LoRA or VAE, not an embedding; move it to its own models folder"
+                    )
+                wanted = keys
+            return {k: f.get_tensor(k) for k in wanted}, meta
+    except (OSError, ValueError):
         raise
     except Exception as e:  # the library's text names no file
         raise ValueError(

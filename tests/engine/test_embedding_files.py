@@ -233,3 +233,13 @@ def test_a_non_finite_token_is_never_written(tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite"):
         emb_io.save_with_state(Embedding("tok", {"l": torch.full((1, 768), math.nan)}), tmp_path / "t.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_in_the_embeddings_folder_is_refused_without_reading_it_whole(tmp_path):
+    many = {f"model.layer{i}.weight": torch.zeros(4, 4) for i in range(40)}
+    path = _st(tmp_path / "checkpoint.safetensors", **many)
+    with pytest.raises(ValueError, match="checkpoint.safetensors holds 40 tensors and no embedding key .* looks like a model"):
+        emb_io.load(path)
+    # a few unnamed tensors (other tools' formats): the first (vectors, width) one, as the host reads it
+    v = torch.randn(2, 768)
+    assert torch.equal(emb_io.load(_st(tmp_path / "other.safetensors", a=v, b=torch.zeros(3))).vectors[emb_io.SINGLE], v)

@@ -157,3 +157,21 @@ def test_empty_and_mislabelled_files(tmp_path, caplog):
         images, names = load_folder(tmp_path, 64)
     assert names == ["really-a-jpeg.png"] and float(images[0, :, :, 2].mean()) > 0.9
     assert "skipped empty.png (" in caplog.text and "skipped notes.png (" in caplog.text
+
+
+def test_a_decompression_bomb_is_skipped_with_the_reason(tmp_path, caplog):
+    # a tiny file whose header claims 400 million pixels: Pillow refuses to decode it
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+                                        + chunk(b"IEND", b""))
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    with caplog.at_level(logging.WARNING, logger="zoodip"):
+        _, names = load_folder(tmp_path, 64)
+    assert names == ["ok.png"]
+    assert "skipped bomb.png (" in caplog.text and "decompression bomb" in caplog.text.lower()

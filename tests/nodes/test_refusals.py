@@ -377,3 +377,61 @@ def test_sixteen_bit_grey_photo_reads_at_half_brightness(host):
     assert torch.allclose(mid, torch.full_like(mid, 32768 / 65535), atol=1e-4)
     assert torch.allclose(cutout[0, 0], torch.ones(3))  # transparent: the white background, not black
     assert torch.allclose(cutout[32, 32], torch.tensor([200 / 255, 0, 0]), atol=1e-6)
+
+
+# --- a broken client ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("node,inp,value,words", [
+    ("5", "model", "sd15.safetensors", "model: got str 'sd15.safetensors', not a MODEL: connect the output of your checkpoint loader"),
+    ("5", "clip", 7, "clip: got int 7, not a CLIP"),
+    ("5", "vae", {"x": 1}, "vae: got dict {'x': 1}, not a VAE"),
+    ("5", "images", "photos/", "images: got a str, not an IMAGE"),
+    ("5", "puts", "500-900", "puts: got str '500-900', not a ZOODIP_PUTS: connect the output of PUTS Sampler Config"),
+    ("5", "subspace", 128, "subspace: got int 128, not a ZOODIP_SUBSPACE"),
+    ("5", "resume", "my-dog.safetensors", "resume: got str 'my-dog.safetensors', not a EMBEDDING"),
+    ("9", "embedding", "tok", "embedding: got str 'tok', not a EMBEDDING"),
+])
+def test_a_literal_where_a_link_belongs_is_refused_with_what_to_connect(host, tiny_ckpt, photos, clean_embeddings,
+                                                                        node, inp, value, words):
+    # the host lets an API client write any value in place of a link to a custom type
+    prompt = train_prompt(tiny_ckpt, photos, steps=1)
+    prompt["9"] = {"class_type": "ZOODiPSaveEmbedding", "inputs": {"embedding": ["5", 1], "filename": "lit", "overwrite": False}}
+    prompt[node]["inputs"][inp] = value
+    r = host.run_prompt(prompt)
+    assert not r.ok
+    msgs = [e["message"] for e in r.errors if e.get("type") == "execution_error" and e["node_id"] == node]
+    assert msgs and words in msgs[0], r.errors
+    if node == "5":
+        assert not [e for e in r.events("progress") if e.get("node") == "5"]  # refused before training
+    assert files_under(clean_embeddings) == set()
+
+
+def test_loss_graph_and_apply_refuse_literals(host, loaded):
+    _, clip, _ = loaded
+    with pytest.raises(ValueError, match="loss: got list"):
+        _nodes()["ZOODiPLossGraph"]().plot([0.1, 0.2])
+    with pytest.raises(ValueError, match="embedding: got str"):
+        _nodes()["ZOODiPApplyEmbedding"]().apply(clip, "tok", "")
+
+
+def test_a_file_name_that_cannot_be_a_prompt_word_asks_for_a_name(host, loaded, clean_embeddings):
+    _, clip, _ = loaded
+    _st(clean_embeddings / "My Dog.safetensors", emb_params=torch.zeros(1, 768))
+    emb = _nodes()["ZOODiPLoadEmbedding"]().load("My Dog.safetensors")[0]
+    with pytest.raises(ValueError, match="token_name is empty, and the embedding's own name cannot be used: name 'My Dog' .* Type a token_name"):
+        _nodes()["ZOODiPApplyEmbedding"]().apply(clip, emb, "")
+    with pytest.raises(ValueError, match="filename is empty, and the embedding's own name cannot be used"):
+        _nodes()["ZOODiPSaveEmbedding"]().save(emb, "", False)
+    assert _nodes()["ZOODiPApplyEmbedding"]().apply(clip, emb, "my-dog")[0] is not None
+    assert files_under(clean_embeddings) == {"My Dog.safetensors"}
+
+
+@pytest.mark.parametrize("node,inputs", [
+    ("ZOODiPLoadEmbedding", {"embedding_name": "../checkpoints/zoodip-tiny-sd15.safetensors"}),
+    ("ZOODiPLoadImages", {"folder": "../models", "resolution": 64}),
+])
+def test_paths_out_of_the_folders_are_refused_when_queued(host, tiny_ckpt, node, inputs):
+    errors = host.validate({"1": {"class_type": node, "inputs": inputs},
+                            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}})
+    assert errors and not [e for e in errors if e.get("type") == "execution_error"]
