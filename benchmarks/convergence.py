@@ -29,9 +29,9 @@ The held-out loss is the engine's ``held_out_loss`` (fixed images, noise, timest
 afterwards on snapshots of the token taken along a common grid of forward passes, in batches.
 It is the number the comparison is judged by; the cosine to theta* is reported too.
 
-    python benchmarks/convergence.py                      # the full default run (~20 min, 1 thread)
-    python benchmarks/convergence.py --smoke --out X.json  # the CI smoke size (seconds)
-    python benchmarks/convergence.py --replot benchmarks/results/convergence.json  # tables + plot again
+    python -m benchmarks.convergence                      # the full default run (~20 min, 1 thread)
+    python -m benchmarks.convergence --smoke --out X.json  # the CI smoke size (seconds)
+    python -m benchmarks.convergence --replot benchmarks/results/convergence.json  # tables + plot again
 """
 
 from __future__ import annotations
@@ -51,11 +51,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.speed import FirstOrderTI, _pack, machine_info, write_json  # noqa: E402  -- after the path fix
+from benchmarks._common import ROOT, FirstOrderTI, pack, write_json
+from benchmarks.speed import machine_info
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "convergence.json"
 TEMPLATE = "a photo of a {token}"
@@ -225,7 +222,7 @@ def train_variant(v: Variant, seed: int, budget: int, grid: list[int], theta0, l
 
     t0 = time.process_time()
     if v.kind == "ti":
-        ti = FirstOrderTI(torch, loss_fn, theta0, pk["zoodip.seeds"].derive_seed, seed=seed, lr=LR)
+        ti = FirstOrderTI(loss_fn, theta0, pk["zoodip.seeds"].derive_seed, seed=seed, lr=LR)
         snap(0, ti.theta)
         for k in range(1, steps + 1):
             r = ti.step()
@@ -259,7 +256,8 @@ def run_seed(session, variants: list[Variant], seed: int, cfg: dict[str, Any], s
     import nodes
     from devtools.assets import cached_sd15_checkpoint, make_photos
 
-    pk = _pack(session) | _extra_modules(session)
+    pk = pack(session, "nodes.host", "nodes.training", "zoodip.loss", "zoodip.estimator", "zoodip.optim",
+              "zoodip.trainer", "zoodip.settings", "zoodip.seeds", "zoodip.projector")
     host, training = pk["nodes.host"], pk["nodes.training"]
     settings_mod, derive_seed = pk["zoodip.settings"], pk["zoodip.seeds"].derive_seed
     ckpt = "zoodip-convergence-tiny.safetensors"
@@ -318,13 +316,6 @@ def _loaded(nodes, ckpt: str) -> tuple:
     if ckpt not in _MODELS:
         _MODELS[ckpt] = tuple(nodes.CheckpointLoaderSimple().load_checkpoint(ckpt)[:3])
     return _MODELS[ckpt]
-
-
-def _extra_modules(session) -> dict[str, Any]:
-    import importlib
-
-    name = session.pack_module.__name__
-    return {m: importlib.import_module(f"{name}.{m}") for m in ("zoodip.projector",)}
 
 
 def _cos(a, b) -> float:
@@ -615,7 +606,7 @@ def run(cfg: dict[str, Any], out: Path | None, plot_path: Path | None, *, thread
         "benchmark": "zoodip-convergence",
         "version": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": ("python benchmarks/convergence.py " + " ".join(sys.argv[1:])).strip()
+        "command": ("python -m benchmarks.convergence " + " ".join(sys.argv[1:])).strip()
         if sys.argv and sys.argv[0].endswith("convergence.py") else None,
         "settings": {
             **{k: cfg[k] for k in ("preset", "budget", "seeds", "grid", "draws", "tau")},
@@ -670,7 +661,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/convergence.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.convergence", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="the CI size: tiny budget, 2 seeds, a subset of variants")
     p.add_argument("--budget", type=int, help="forward passes per run (a multiple of every variant's passes per step)")
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 (each: its own theta*, draws and directions)")

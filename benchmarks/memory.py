@@ -35,7 +35,7 @@ with a fixed glibc mmap threshold (``--mmap-threshold``, see MMAP_THRESHOLD): wi
 default, freed buffers stay in a fragmenting heap and the peak grows by a few hundred MB over the
 first steps of any long phase, whatever it computes.
 
-    python benchmarks/memory.py [--size full] [--precisions fp32,fp16,fp8,int8,nf4,nf4c]
+    python -m benchmarks.memory [--size full] [--precisions fp32,fp16,fp8,int8,nf4,nf4c]
                                 [--phases sample,train,train_one_call,ti] [--steps 2] [--ti-steps 1]
                                 [--out benchmarks/results/memory.json]
 """
@@ -47,7 +47,6 @@ import contextlib
 import ctypes
 import datetime as _dt
 import gc
-import importlib
 import json
 import os
 import platform
@@ -58,9 +57,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks._common import ROOT, FirstOrderTI, pack
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "memory.json"
 PRECISIONS = ("fp32", "fp16", "fp8", "int8", "nf4", "nf4c")
@@ -135,36 +132,6 @@ def read_peak(device) -> dict[str, Any]:
 
 # --- one case, in this process -----------------------------------------------------------
 
-def _pack(host_session) -> dict[str, Any]:
-    name = host_session.pack_module.__name__
-    mods = ("nodes.host", "nodes.training", "nodes.quantize", "zoodip.quant", "zoodip.settings", "zoodip.seeds")
-    return {m: importlib.import_module(f"{name}.{m}") for m in mods}
-
-
-class FirstOrderTI:
-    """Textual inversion by backpropagation through the host's text encoder and UNet (token only)."""
-
-    def __init__(self, loss_fn, theta0, derive_seed, seed: int = 0, lr: float = 5e-3) -> None:
-        import torch
-
-        self.loss_fn, self.derive_seed, self.seed, self.k = loss_fn, derive_seed, seed, 0
-        with torch.inference_mode(False):
-            self.theta = theta0.detach().clone().requires_grad_(True)
-        self.opt = torch.optim.Adam([self.theta], lr=lr)
-
-    def step(self) -> dict[str, Any]:
-        import torch
-
-        with torch.inference_mode(False), torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.theta.unsqueeze(0), self.derive_seed(self.seed, self.k, 2))[0]
-            loss.backward(inputs=[self.theta])
-            g = self.theta.grad
-            self.opt.step()
-        self.k += 1
-        return {"loss": float(loss.detach()), "grad_norm": None if g is None else float(g.norm())}
-
-
 def run_case(precision: str, phase: str, size: str, steps: int, ti_steps: int) -> dict[str, Any]:
     import torch
 
@@ -183,7 +150,8 @@ def run_case(precision: str, phase: str, size: str, steps: int, ti_steps: int) -
 
         import nodes
 
-        pk = _pack(session)
+        pk = pack(session, "nodes.host", "nodes.training", "nodes.quantize", "zoodip.quant", "zoodip.settings",
+                  "zoodip.seeds")
         quant = pk["zoodip.quant"]
         ckpt = cached_sd15_checkpoint(size, seed=0)
         make_photos(session.input_dir / "bench", n=cfg["photos"], size=px, seed=0)
@@ -284,7 +252,7 @@ def run_case(precision: str, phase: str, size: str, steps: int, ti_steps: int) -
 # --- the driver: one subprocess per case -----------------------------------------------
 
 def _child_cmd(precision: str, phase: str, args, out: Path) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--case", f"{precision}:{phase}", "--size", args.size,
+    return [sys.executable, "-m", "benchmarks.memory", "--case", f"{precision}:{phase}", "--size", args.size,
             "--steps", str(args.steps), "--ti-steps", str(args.ti_steps), "--case-out", str(out)]
 
 
@@ -381,7 +349,7 @@ def summarize(all_cases: list[dict[str, Any]], args) -> dict[str, Any]:
     return {
         "benchmark": "memory",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.memory " + " ".join(sys.argv[1:]),
         "settings": {"size": args.size, "px": SIZES[args.size]["px"], "photos": SIZES[args.size]["photos"], "queries": QUERIES,
                      "train_steps": args.steps, "ti_steps": args.ti_steps, "train_query_batch": SAMPLER_BATCH,
                      "malloc_mmap_threshold": args.mmap_threshold or "glibc default (dynamic)",
@@ -421,7 +389,7 @@ def say(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python benchmarks/memory.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS))
     ap.add_argument("--phases", default=",".join(PHASES))

@@ -15,7 +15,7 @@ ZOODiP training steps on it with the paper's SDXL settings.
 5. Runs the ZOODiP Train Token node for --steps steps (perturbation 1e-2, PUTS 500-700, the
    paper's SDXL settings) on generated photos, and reports times and memory as JSON.
 
-    python benchmarks/sdxl_full_load.py [--unet-dtype fp8_e4m3fn] [--steps 2] [--queries 1]
+    python -m benchmarks.sdxl_full_load [--unet-dtype fp8_e4m3fn] [--steps 2] [--queries 1]
 """
 
 from __future__ import annotations
@@ -30,10 +30,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 CKPT = "zoodip-sdxl-full-random.safetensors"
 UNET_PARAMS = 2.567e9  # SDXL base UNet

@@ -18,7 +18,7 @@ shared CPU machine the wall time moves with other people's load while one thread
 does not, so on the CPU the benchmark runs torch on one thread and judges the ratios on CPU time
 (``--clock``/``--threads`` change this); on a GPU it uses wall time with the device synchronized.
 
-    python benchmarks/speed.py [--sizes tiny,full] [--repeats N] [--out benchmarks/results/speed.json]
+    python -m benchmarks.speed [--sizes tiny,full] [--repeats N] [--out benchmarks/results/speed.json]
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import importlib
-import json
 import logging
 import math
 import os
@@ -40,9 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks._common import ROOT, FirstOrderTI, pack, write_json
 
 # px: image side; repeats: timed rounds; photos: reference images (how many does not change a
 # step's cost, only the one-off VAE encoding); warmup: every case once ("all"), or "peak": the
@@ -176,47 +172,7 @@ def _median(xs: list[float]) -> float | None:
 
 # --- the first-order baseline ----------------------------------------------------------------
 
-class FirstOrderTI:
-    """Textual inversion by backpropagation, the baseline a ZOODiP step is compared with.
-
-    Same loss object as ZOODiP (the host's text encoder and UNet, the same draws); the token is a
-    leaf tensor and only its gradient is computed (``backward(inputs=...)``): the host's frozen
-    weights get none, as in the usual TI scripts, which train the embedding only. The executor
-    runs nodes under inference mode and the host mutates some tensors in place, hence the modes.
-    """
-
-    def __init__(self, torch, loss_fn, theta0, derive_seed, seed: int = 0, lr: float = 5e-3) -> None:
-        self.torch = torch
-        self.loss_fn = loss_fn
-        self.derive_seed = derive_seed
-        self.seed = seed
-        self.k = 0
-        with torch.inference_mode(False):
-            self.theta = theta0.detach().clone().requires_grad_(True)
-        self.opt = torch.optim.Adam([self.theta], lr=lr)
-
-    def step(self) -> dict[str, Any]:
-        torch = self.torch
-        with torch.inference_mode(False), torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.theta.unsqueeze(0), self.derive_seed(self.seed, self.k, 2))[0]
-            loss.backward(inputs=[self.theta])
-            grad = self.theta.grad
-            grad_norm = None if grad is None else float(grad.detach().norm())
-            self.opt.step()
-        self.k += 1
-        return {"loss": float(loss.detach()), "grad_norm": grad_norm}
-
-
 # --- one model size --------------------------------------------------------------------------
-
-def _pack(session) -> dict[str, Any]:
-    # the pack as the host loaded it (custom_nodes/<pack>), not a second copy from the repo
-    name = session.pack_module.__name__
-    mods = ("nodes.host", "nodes.training", "zoodip.loss", "zoodip.estimator", "zoodip.optim",
-            "zoodip.trainer", "zoodip.settings", "zoodip.seeds")
-    return {m: importlib.import_module(f"{name}.{m}") for m in mods}
-
 
 def bench_size(session, size: str, repeats: int, say: Callable[[str], None]) -> dict[str, Any]:
     import torch
@@ -236,7 +192,9 @@ def bench_size(session, size: str, repeats: int, say: Callable[[str], None]) -> 
     if not (session.input_dir / folder).exists():
         make_photos(session.input_dir / folder, n=cfg["photos"], size=px, seed=0)
 
-    pk = _pack(session)
+    # the pack as the host loaded it (custom_nodes/<pack>), not a second copy from the repo
+    pk = pack(session, "nodes.host", "nodes.training", "zoodip.loss", "zoodip.estimator", "zoodip.optim",
+              "zoodip.trainer", "zoodip.settings", "zoodip.seeds")
     host, training = pk["nodes.host"], pk["nodes.training"]
     DenoisingLoss = pk["zoodip.loss"].DenoisingLoss
     RandomGradientEstimator = pk["zoodip.estimator"].RandomGradientEstimator
@@ -297,7 +255,7 @@ def bench_size(session, size: str, repeats: int, say: Callable[[str], None]) -> 
 
         return go
 
-    ti = FirstOrderTI(torch, losses["batched"], theta0, derive_seed, seed=settings.seed, lr=settings.learning_rate)
+    ti = FirstOrderTI(losses["batched"], theta0, derive_seed, seed=settings.seed, lr=settings.learning_rate)
     cases = [Case("forward", forward)]
     cases += [Case(f"step_n{n}_{mode}", zo_step(trainer(n, mode))) for n in QUERIES for mode in MODES]
     cases.append(Case("ti_step", ti.step))
@@ -510,7 +468,7 @@ def run(sizes: list[str], repeats: int | None, out: Path | None, *, device: str 
         "benchmark": "zoodip-speed",
         "version": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("speed.py") else None,
+        "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("speed.py") else None,
         "settings": {
             "queries": list(QUERIES),
             "perturbation": 1e-3,
@@ -539,16 +497,8 @@ def run(sizes: list[str], repeats: int | None, out: Path | None, *, device: str 
     return result
 
 
-def write_json(out: Path, result: dict[str, Any]) -> None:
-    """Write the result file whole or not at all (a temp file renamed over it)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/speed.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="tiny,full", help="comma-separated, of: tiny, full (default: both)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds per size (default: " + ", ".join(f"{k} {v['repeats']}" for k, v in SIZES.items()) + ")")

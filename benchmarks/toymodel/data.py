@@ -22,11 +22,30 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 50, 190),
 }
 COLOUR_NAMES = tuple(COLOURS)
-TRAINED_SHAPES = ("circle", "square", "triangle")
-TRAINED_COLOURS = ("red", "green", "blue", "yellow")
+ALL_CONCEPTS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in SHAPES)  # 20
+# The held-out concept: its colour and its shape are the ones no caption names (--held-out COLOUR,SHAPE).
 HELD_OUT = ("purple", "cross")
-# every (colour, shape) the set contains; the held-out one is last
-CONCEPTS: tuple[tuple[str, str], ...] = tuple((c, s) for c in TRAINED_COLOURS for s in TRAINED_SHAPES) + (HELD_OUT,)
+
+
+def parse_held_out(text: str) -> tuple[str, str]:
+    """"COLOUR,SHAPE" (e.g. "purple,cross") -> (colour, shape); a clear error for anything else."""
+    parts = tuple(x.strip().lower() for x in str(text).split(","))
+    if len(parts) != 2 or parts[0] not in COLOURS or parts[1] not in SHAPES:
+        raise ValueError(
+            f"--held-out must be COLOUR,SHAPE with a colour from {','.join(COLOUR_NAMES)} and a shape from "
+            f"{','.join(SHAPES)}, e.g. purple,cross; got {text!r}"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def concepts(held_out: tuple[str, str] = HELD_OUT) -> tuple[tuple[str, str], ...]:
+    """The concepts the toy set holds: the other colours x the other shapes (named), then the held-out one."""
+    return tuple(
+        (c, s) for c in COLOUR_NAMES for s in SHAPES if c != held_out[0] and s != held_out[1]
+    ) + (tuple(held_out),)  # type: ignore[return-value]
+
+
+CONCEPTS = concepts()
 TRAINED = CONCEPTS[:-1]
 
 # Where a token for the held-out concept starts: a word no caption uses (the random CLIP still maps
@@ -49,9 +68,9 @@ def caption(colour: str, shape: str, form: int = 0) -> str:
     return CAPTION_FORMS[form].format(colour=colour, shape=shape)
 
 
-def caption_choices(concept: tuple[str, str]) -> list[tuple[str, float]]:
+def caption_choices(concept: tuple[str, str], held_out: tuple[str, str] = HELD_OUT) -> list[tuple[str, float]]:
     """(caption, probability) for an image of `concept`; the held-out one gets no name."""
-    if concept == HELD_OUT:
+    if tuple(concept) == tuple(held_out):
         g = (1 - P_EMPTY_HELD_OUT) / len(GENERIC)
         return [(c, g) for c in GENERIC] + [(EMPTY, P_EMPTY_HELD_OUT)]
     named = (1 - P_GENERIC - P_EMPTY) / len(CAPTION_FORMS)
@@ -62,13 +81,13 @@ def caption_choices(concept: tuple[str, str]) -> list[tuple[str, float]]:
     )
 
 
-def all_captions() -> list[str]:
+def all_captions(held_out: tuple[str, str] = HELD_OUT) -> list[str]:
     """Every caption the training ever uses (sorted, so the order is reproducible)."""
-    return sorted({c for concept in CONCEPTS for c, _ in caption_choices(concept)})
+    return sorted({c for concept in concepts(held_out) for c, _ in caption_choices(concept, held_out)})
 
 
-def words_named() -> set[str]:
-    return {w for c in all_captions() for w in c.split()}
+def words_named(held_out: tuple[str, str] = HELD_OUT) -> set[str]:
+    return {w for c in all_captions(held_out) for w in c.split()}
 
 
 def draw(colour: str, shape: str, px: int, rng: np.random.Generator) -> np.ndarray:
@@ -103,7 +122,7 @@ class ShapeSet:
     images: np.ndarray  # N,H,W,3 uint8
     colour: np.ndarray  # N int (index into COLOUR_NAMES)
     shape: np.ndarray  # N int (index into SHAPES)
-    concept: np.ndarray  # N int (index into CONCEPTS)
+    concept: np.ndarray  # N int (index into the `concepts` the set was made of)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -113,25 +132,33 @@ class ShapeSet:
         return self.images.astype(np.float32) / 255.0
 
 
-def make_set(per_concept: int, px: int, seed: int, concepts: tuple[tuple[str, str], ...] = CONCEPTS) -> ShapeSet:
-    """`per_concept` images of each concept, interleaved (concept-major order within a round)."""
+def make_set(per_concept: int, px: int, seed: int, concepts: tuple[tuple[str, str], ...] = CONCEPTS,
+             weights: tuple[int, ...] | None = None) -> ShapeSet:
+    """`per_concept` (times the concept's weight, default 1) images of each concept, interleaved.
+
+    Image i of a concept depends on (seed, the concept, i) only, not on which other concepts the
+    set holds: the same purple cross is drawn whatever the held-out concept is.
+    """
+    weights = weights or (1,) * len(concepts)
     imgs, col, shp, con = [], [], [], []
-    for i in range(per_concept):
-        for concept in concepts:
-            k = CONCEPTS.index(concept)
-            rng = np.random.default_rng([seed, k, i])
+    for i in range(per_concept * max(weights)):
+        for j, concept in enumerate(concepts):
+            if i >= per_concept * weights[j]:
+                continue
+            rng = np.random.default_rng([seed, ALL_CONCEPTS.index(tuple(concept)), i])
             imgs.append(draw(*concept, px, rng))
             col.append(COLOUR_NAMES.index(concept[0]))
             shp.append(SHAPES.index(concept[1]))
-            con.append(k)
+            con.append(j)
     return ShapeSet(np.stack(imgs), np.array(col), np.array(shp), np.array(con))
 
 
-def sample_captions(concept_ids: np.ndarray, rng: np.random.Generator) -> list[str]:
-    """One caption per image, drawn from its concept's caption choices."""
+def sample_captions(concept_ids: np.ndarray, rng: np.random.Generator, held_out: tuple[str, str] = HELD_OUT) -> list[str]:
+    """One caption per image (concept ids index concepts(held_out)), drawn from its caption choices."""
     out = []
+    table = concepts(held_out)
     for k in concept_ids:
-        choices = caption_choices(CONCEPTS[int(k)])
+        choices = caption_choices(table[int(k)], held_out)
         p = np.array([w for _, w in choices])
         out.append(choices[int(rng.choice(len(choices), p=p / p.sum()))][0])
     return out

@@ -36,18 +36,25 @@ from devtools import assets
 from . import data, vae
 
 # Bump when the data, the VAE construction or the training changes: it is part of the cache key.
-VERSION = "1"
+# 2: held-out concept, its share of the set and the build's thread count are settings (issue 15).
+VERSION = "2"
 UNET_PREFIX, CLIP_PREFIX, VAE_PREFIX = assets.UNET_PREFIX, assets.CLIP_PREFIX, assets.VAE_PREFIX
 
 # the tiny SD1.5 layout of the test checkpoints, without the middle block: 30% less compute,
 # still detected as SD15
 UNET_CONFIG: dict[str, Any] = {**assets.UNET_CONFIGS["tiny"], "transformer_depth_middle": -2}
 
-# px: image side; per_concept: training images of each of the 13 concepts; steps/batch/lr: AdamW
-# with linear warm-up and cosine decay; seed: data, init and every draw of the training.
+# px: image side; per_concept: training images of each of the 13 concepts; held_out_weight: the
+# held-out concept has that many times as many (it is the one a token must find, and with 1/13 of
+# the steps the model drew it sloppily); steps/batch/lr: AdamW with linear warm-up and cosine decay;
+# seed: data, init and every draw of the training; held_out: "COLOUR,SHAPE" (data.parse_held_out);
+# threads: torch threads the build runs with, whatever the caller set (CPU kernels sum in a
+# thread-dependent order, so the same settings on another thread count would give other weights).
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"px": 32, "per_concept": 96, "steps": 1800, "batch": 16, "lr": 1e-3, "warmup": 50, "seed": 0},
-    "smoke": {"px": 32, "per_concept": 2, "steps": 2, "batch": 4, "lr": 1e-3, "warmup": 1, "seed": 0},
+    "full": {"px": 32, "per_concept": 96, "held_out_weight": 2, "steps": 1800, "batch": 16, "lr": 1e-3, "warmup": 50,
+             "seed": 0, "held_out": "purple,cross", "threads": 2},
+    "smoke": {"px": 32, "per_concept": 2, "held_out_weight": 2, "steps": 2, "batch": 4, "lr": 1e-3, "warmup": 1,
+              "seed": 0, "held_out": "purple,cross", "threads": 1},
 }
 
 log = logging.getLogger("zoodip.toymodel")
@@ -56,11 +63,20 @@ log = logging.getLogger("zoodip.toymodel")
 def settings_for(size: str, **overrides: Any) -> dict[str, Any]:
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    s = {**SIZES[size], **overrides}
+    s = {**SIZES[size], **{k: v for k, v in overrides.items() if v is not None}}
     unknown = set(s) - set(SIZES["full"])
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}")
+    s["held_out"] = ",".join(data.parse_held_out(s["held_out"]))  # one spelling, one cache key
+    if int(s["threads"]) < 1:
+        raise ValueError(f"threads must be >= 1, got {s['threads']}")
     return s
+
+
+def held_out(settings_or_info: dict[str, Any]) -> tuple[str, str]:
+    """The held-out concept of a settings dict or of a checkpoint's build record (model.info)."""
+    s = settings_or_info.get("settings", settings_or_info)
+    return data.parse_held_out(s.get("held_out", ",".join(data.HELD_OUT)))
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -162,7 +178,7 @@ def train_unet(
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(0, n, batch)
-        caps = data.sample_captions(concepts[idx], rng)
+        caps = data.sample_captions(concepts[idx], rng, held_out(settings))
         ctx = torch.stack([conds[c] for c in caps])
         x0 = latents[torch.from_numpy(idx)]
         t = torch.randint(0, 1000, (batch,), generator=gen)
@@ -188,12 +204,25 @@ def train_unet(
 
 
 def build(size: str = "full", out: Path | None = None, say: Callable[[str], None] = print, **overrides: Any) -> Path:
-    """Train the toy model and write its checkpoint (needs the host imported, e.g. in a HeadlessHost)."""
+    """Train the toy model and write its checkpoint (needs the host imported, e.g. in a HeadlessHost).
+
+    Runs with settings["threads"] torch threads (restored after), so the weights depend on the
+    settings only, not on the caller's thread count.
+    """
     settings = settings_for(size, **overrides)
-    path = Path(out) if out is not None else checkpoint_path(size, settings)
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(int(settings["threads"]))
+    try:
+        return _build(size, settings, Path(out) if out is not None else checkpoint_path(size, settings), say)
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def _build(size: str, settings: dict[str, Any], path: Path, say: Callable[[str], None]) -> Path:
     t_all = time.perf_counter()
+    concept = held_out(settings)
     torch.manual_seed(settings["seed"])
-    say(f"building initial tensors (seed {settings['seed']})")
+    say(f"building initial tensors (seed {settings['seed']}, {torch.get_num_threads()} torch threads)")
     sd = _initial_state_dict(settings["seed"])
     tmp = path.with_name(f".init.{os.getpid()}.{path.name}")  # the host picks the reader by suffix
     try:
@@ -206,8 +235,10 @@ def build(size: str = "full", out: Path | None = None, say: Callable[[str], None
 
     mm.load_models_gpu([model])
     say(f"host detected {type(model.model.model_config).__name__}; encoding captions and images")
-    conds = encode_captions(clip, data.all_captions())
-    ds = data.make_set(settings["per_concept"], settings["px"], settings["seed"])
+    conds = encode_captions(clip, data.all_captions(concept))
+    table = data.concepts(concept)
+    weights = (1,) * (len(table) - 1) + (int(settings["held_out_weight"]),)
+    ds = data.make_set(settings["per_concept"], settings["px"], settings["seed"], table, weights)
     latents = encode_images(model, vae_obj, ds.images)
     say(f"{len(ds)} images, {len(conds)} captions, latents {tuple(latents.shape[1:])}; training {settings['steps']} steps")
     result = train_unet(model, latents, ds.concept, conds, settings, say)
@@ -220,13 +251,29 @@ def build(size: str = "full", out: Path | None = None, say: Callable[[str], None
         "total_seconds": round(time.perf_counter() - t_all, 1),
         "loss_first50": result["loss_first50"],
         "loss_last50": result["loss_last50"],
-        "held_out": " ".join(data.HELD_OUT),
+        "held_out": " ".join(concept),
         "torch_threads": torch.get_num_threads(),
+        "weights_sha256": weights_sha256(sd),
     }
     _write(path, sd, {"zoodip.toymodel": json.dumps(info, sort_keys=True)})
     path.with_suffix(".json").write_text(json.dumps({**info, "losses": result["losses"]}, indent=1))
-    say(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB); training {result['seconds']:.0f}s")
+    say(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB); training {result['seconds']:.0f}s; weights sha256 {info['weights_sha256']}")
     return path
+
+
+def weights_sha256(sd: dict[str, torch.Tensor] | str | os.PathLike[str]) -> str:
+    """sha256 over the tensors (names, dtypes, shapes, bytes; sorted by name), not the file: the
+    header also holds the build's timings, which differ between two builds of the same weights."""
+    if not isinstance(sd, dict):
+        from safetensors.torch import load_file
+
+        sd = load_file(str(sd))
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def info(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -236,6 +283,18 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     return json.loads(meta.get("zoodip.toymodel", "{}"))
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a result file records about the toy model it measured: file name, build record and the
+    sha256 of its weights, computed from the file now (the one in the build record is what the
+    build wrote; a mismatch means the file is not what was built)."""
+    record = info(path)
+    sha = weights_sha256(path)
+    out = {"checkpoint": Path(path).name, "toymodel": record, "weights_sha256": sha}
+    if record.get("weights_sha256") not in (None, sha):
+        out["weights_sha256_mismatch"] = f"the build recorded {record['weights_sha256']}"
+    return out
 
 
 def cached(size: str = "full", say: Callable[[str], None] = print, **overrides: Any) -> Path:

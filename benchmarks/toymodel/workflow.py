@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from . import data
+from .install import CKPT, folder
 
 ROOT = Path(__file__).resolve().parents[2]
-CKPT = "zoodip-toy-shapes.safetensors"
-FOLDER = "toy-purple-cross"
+FOLDER = folder()
 TOKEN = "toy-cross"
 TEMPLATES = "a photo of a {token}\na {token}"
 
@@ -86,13 +86,16 @@ def run(host: Any, ckpt: Path, out: Path | None, grid_path: Path | None, steps: 
     classify its training previews and its final samples (is the preview turning into the concept?)."""
     from devtools.host import load_api_workflow
 
-    from . import check, classifier, cli
+    from . import check, classifier, install, model
 
     t0 = time.perf_counter()
-    vae = check.load_in_host(host, ckpt, CKPT)[2]  # links it where the workflow looks; the classifier needs the VAE
-    cli.install_photos(host.base)
+    vae = check.load_in_host(host, ckpt, CKPT)[2]  # links it where the workflow looks
+    described = model.describe(ckpt)
+    held_out = model.held_out(described["toymodel"])
+    install.photos(host.base, held_out, say)
     api = load_api_workflow(ROOT / "workflows" / "api" / "train_token_toy.api.json")
     by_type = {v["class_type"]: k for k, v in api.items()}
+    api[by_type["ZOODiPLoadImages"]]["inputs"]["folder"] = folder(held_out)  # the shipped one: purple,cross
     train = api[by_type["ZOODiPTrainToken"]]["inputs"]
     if steps:  # a shorter run keeps at least two previews
         train["steps"] = steps
@@ -104,13 +107,17 @@ def run(host: Any, ckpt: Path, out: Path | None, grid_path: Path | None, steps: 
         raise RuntimeError(f"the toy workflow failed: {r.errors}")
     previews = r.value(by_type["ZOODiPTrainToken"], 3).float()
     final = r.value(by_type["VAEDecode"], 0).float()
-    clf = classifier.cached(vae, Path(ckpt).name, **check.CLASSIFIER["full"])
+    clf = classifier.cached(vae, **check.CLASSIFIER["full"])
     every = int(train["preview_every"])
+    named = [check.judged(clf, previews[i : i + 1], held_out) for i in range(previews.shape[0])]
     result = {
-        "checkpoint": Path(ckpt).name, "steps": int(train["steps"]), "init_word": train["init_word"],
+        **described, "held_out": " ".join(held_out), "steps": int(train["steps"]), "init_word": train["init_word"],
         "preview_steps": [every * (i + 1) for i in range(previews.shape[0])],
-        "preview_is_concept": [bool(x) for x in clf.is_concept(previews, data.HELD_OUT)],
-        "final_accuracy": float(clf.is_concept(final, data.HELD_OUT).mean()),
+        "preview_is_concept": [bool(x["accuracy"]) for x in named],
+        "preview_colour_right": [bool(x["colour_accuracy"]) for x in named],
+        "preview_shape_right": [bool(x["shape_accuracy"]) for x in named],
+        "final": check.judged(clf, final, held_out),
+        "final_accuracy": check.judged(clf, final, held_out)["accuracy"],
         "final_images": int(final.shape[0]),
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "convergence.py"
 
 
 def _finite(x: object) -> bool:
@@ -23,7 +22,7 @@ def _finite(x: object) -> bool:
 
 def test_convergence_benchmark_smoke(tmp_path):
     out = tmp_path / "convergence.json"
-    p = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "-q"], cwd=REPO,
+    p = subprocess.run([sys.executable, "-m", "benchmarks.convergence", "--smoke", "--out", str(out), "-q"], cwd=REPO,
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "Verdict: " in p.stdout and "UNIFORM" in p.stdout, p.stdout
@@ -31,7 +30,7 @@ def test_convergence_benchmark_smoke(tmp_path):
     data = json.loads(out.read_text())
     s = data["settings"]
     budget, specs = s["budget"], [v["spec"] for v in s["variants"]]
-    assert data["command"].startswith("python benchmarks/convergence.py --smoke")
+    assert data["command"].startswith("python -m benchmarks.convergence --smoke")
     assert s["seeds"] >= 2 and len(data["seeds"]) == s["seeds"]
     assert s["timesteps"].startswith("uniform")
     assert s["grid_points"][0] == 0 and s["grid_points"][-1] == budget
@@ -90,6 +89,6 @@ def test_convergence_benchmark_smoke(tmp_path):
 
 def test_convergence_refuses_an_unequal_budget():
     # 7 passes cannot be split into whole steps of 2, 3 and 3: refused before the host starts
-    p = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--budget", "7"], cwd=REPO,
+    p = subprocess.run([sys.executable, "-m", "benchmarks.convergence", "--smoke", "--budget", "7"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "must be a multiple" in p.stderr, p.stderr[-2000:]

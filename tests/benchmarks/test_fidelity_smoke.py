@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def fidelity(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "benchmarks" / "fidelity.py"), *args]
+    cmd = [sys.executable, "-m", "benchmarks.fidelity", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 

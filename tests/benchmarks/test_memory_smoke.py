@@ -20,7 +20,7 @@ pytest.importorskip("bitsandbytes")
 
 def test_memory_benchmark_tiny_smoke(tmp_path):
     out = tmp_path / "memory.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "memory.py"), "--size", "tiny", "--precisions", "int8",
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--size", "tiny", "--precisions", "int8",
            "--phases", "sample,train", "--steps", "1", "--out", str(out)]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]

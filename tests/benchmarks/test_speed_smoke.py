@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_speed_benchmark_tiny_smoke(tmp_path):
     out = tmp_path / "speed.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--sizes", "tiny", "--repeats", "1", "--out", str(out), "-q"]
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--sizes", "tiny", "--repeats", "1", "--out", str(out), "-q"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "tiny: 64x64 px" in p.stdout and "first-order TI step" in p.stdout, p.stdout

@@ -67,13 +67,55 @@ def test_vae_round_trip_is_recognisable(toy):
     assert err < 0.08, err  # blurred edges only
 
 
-def test_classifier_beats_chance_on_smoke_data(toy):
+def test_closed_form_round_trip_is_the_host_vae_round_trip(toy):
+    """The judge trains on vae.roundtrip (closed form, ~1000x cheaper); it must be what the host's
+    VAE does to an image, or the judge would learn other images than the samples it judges."""
     from benchmarks.toymodel import classifier
+    from benchmarks.toymodel import vae as toy_vae
 
     _, (_m, _clip, vae) = toy
-    clf = classifier.train(vae, per_concept=6, steps=60, seed=1000)
-    # 20 colour x shape combinations; 13 occur: chance for both right is <= 1/13
-    assert clf.test_accuracy["both"] > 0.2, clf.test_accuracy
+    s = data.make_set(1, 32, seed=9, concepts=data.ALL_CONCEPTS[::3])
+    host = classifier.roundtrip(vae, s.images)
+    fast = toy_vae.roundtrip(torch.from_numpy(s.floats()))
+    assert (host - fast).abs().max() < 5e-3, (host - fast).abs().max()
+    assert (host - torch.from_numpy(s.floats())).abs().mean() > 0.02  # and it is not the identity
+
+
+def test_judge_sees_shape_apart_from_colour():
+    """The judge is trained on every colour x shape combination: a purple square is a square and a
+    red cross a cross. The v1 judge (trained on the toy set's 13 concepts, where purple occurs only
+    in crosses) called every purple shape a cross and every non-purple cross a circle or triangle.
+    A small judge (smoke size, no cache, no host) already must get this right."""
+    from benchmarks.toymodel import classifier
+
+    clf = classifier.train(None, per_concept=16, steps=1200, seed=1000)  # ~3 CPU-minutes; 400 steps: shapes not yet
+    per = classifier.per_combination(clf, None, per_concept=12)
+    for name in ("purple square", "purple circle", "purple triangle", "red cross", "green cross", "yellow cross"):
+        assert per[name]["shape"] >= 0.75, (name, per[name])
+        assert per[name]["colour"] >= 0.9, (name, per[name])
+    assert min(v["both"] for v in per.values()) >= 0.5, per
+
+
+def test_held_out_concept_is_a_parameter():
+    held = data.parse_held_out("Red, Circle")
+    assert held == ("red", "circle")
+    table = data.concepts(held)
+    assert len(table) == 13 and table[-1] == held
+    assert all(c != "red" and s != "circle" for c, s in table[:-1])
+    words = data.words_named(held)
+    assert "red" not in words and "circle" not in words and "purple" in words and "cross" in words
+    # the same drawn image of a concept whatever else the set holds
+    a = data.make_set(2, 32, 5, concepts=(("purple", "cross"),))
+    b = data.make_set(2, 32, 5)
+    assert np.array_equal(a.images[0], b.images[b.concept == len(b_concepts := data.CONCEPTS) - 1][0])
+    assert b_concepts[-1] == ("purple", "cross")
+    for bad in ("pink,cross", "purple", "purple,cross,red", "cross,purple"):
+        with pytest.raises(ValueError, match="COLOUR,SHAPE"):
+            data.parse_held_out(bad)
+    from benchmarks.toymodel import model
+
+    assert model.checkpoint_path("full") != model.checkpoint_path("full", model.settings_for("full", held_out="red,circle"))
+    assert model.settings_for("full", held_out="Purple , cross") == model.settings_for("full")  # one spelling, one key
 
 
 def test_toy_workflow_runs_on_the_toy_checkpoint(host, toy):
@@ -81,7 +123,7 @@ def test_toy_workflow_runs_on_the_toy_checkpoint(host, toy):
     import json
     from pathlib import Path
 
-    from benchmarks.toymodel import cli, workflow
+    from benchmarks.toymodel import install, workflow
     from devtools.host import load_api_workflow
     from devtools.workflows import ui_to_api
 
@@ -95,7 +137,7 @@ def test_toy_workflow_runs_on_the_toy_checkpoint(host, toy):
     if not link.exists():
         link.symlink_to(path)
     (host.base / "input").mkdir(exist_ok=True)
-    cli.install_photos(host.base)
+    install.photos(host.base)
     by_type = {v["class_type"]: k for k, v in api.items()}
     train = api[by_type["ZOODiPTrainToken"]]["inputs"]
     train.update(steps=4, held_out_every=2, preview_every=2, token_name="toy-wf")
@@ -132,3 +174,24 @@ def test_workflow_command_queues_the_shipped_workflow_and_classifies_its_preview
     assert r["steps"] == 4 and r["preview_steps"] == [2, 4] and len(r["preview_is_concept"]) == 2
     assert r["init_word"] == data.TOKEN_INIT_WORD and r["final_images"] == 4 and 0.0 <= r["final_accuracy"] <= 1.0
     assert grid.stat().st_size > 0
+
+
+def test_build_gives_the_same_weights_whatever_the_callers_thread_count(toy, tmp_path):
+    """The build runs with its own thread count (a setting), so a caller with another one gets the
+    same weights; the checksum every result file records is over the tensors, not the header."""
+    from benchmarks.toymodel import model
+
+    path, _ = toy
+    before = torch.get_num_threads()
+    torch.set_num_threads(3 if before != 3 else 2)
+    try:
+        again = model.build("smoke", tmp_path / "again.safetensors", say=lambda _m: None)
+        assert torch.get_num_threads() == (3 if before != 3 else 2)  # the caller's count is restored
+    finally:
+        torch.set_num_threads(before)
+    assert model.info(again)["torch_threads"] == model.settings_for("smoke")["threads"] == 1
+    described = model.describe(again)
+    assert described["weights_sha256"] == model.describe(path)["weights_sha256"] == model.info(path)["weights_sha256"]
+    assert "weights_sha256_mismatch" not in described
+    # the key holds the thread count: another count is another model, never the same file name
+    assert model.checkpoint_path("smoke") != model.checkpoint_path("smoke", model.settings_for("smoke", threads=2))

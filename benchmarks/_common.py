@@ -1,0 +1,71 @@
+"""What the benchmark scripts share: the pack as the host loaded it, first-order TI, result files,
+log lines.
+
+The benchmarks run as modules from the repository root (``python -m benchmarks.speed``), so none
+of them touches sys.path; ``benchmarks.toymodel`` and this module import no benchmark script.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def pack(session: Any, *modules: str) -> dict[str, ModuleType]:
+    """The pack's modules (e.g. "nodes.training", "zoodip.seeds") as the host loaded the pack
+    (custom_nodes/<pack>), not a second copy imported from the repository; keyed by those names."""
+    name = session.pack_module.__name__
+    return {m: importlib.import_module(f"{name}.{m}") for m in modules}
+
+
+class FirstOrderTI:
+    """Textual inversion by backpropagation, the baseline a ZOODiP step is compared with.
+
+    Same loss object as ZOODiP (the host's text encoder and UNet, the same draws); the token is a
+    leaf tensor and only its gradient is computed (``backward(inputs=...)``): the host's frozen
+    weights get none, as in the usual TI scripts, which train the embedding only. The executor
+    runs nodes under inference mode and the host mutates some tensors in place, hence the modes.
+    """
+
+    def __init__(self, loss_fn: Any, theta0: Any, derive_seed: Any, seed: int = 0, lr: float = 5e-3) -> None:
+        import torch
+
+        self.loss_fn, self.derive_seed, self.seed, self.k = loss_fn, derive_seed, seed, 0
+        with torch.inference_mode(False):
+            self.theta = theta0.detach().clone().requires_grad_(True)
+        self.opt = torch.optim.Adam([self.theta], lr=lr)
+
+    def step(self) -> dict[str, Any]:
+        import torch
+
+        with torch.inference_mode(False), torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.theta.unsqueeze(0), self.derive_seed(self.seed, self.k, 2))[0]
+            loss.backward(inputs=[self.theta])
+            g = self.theta.grad
+            grad_norm = None if g is None else float(g.detach().norm())
+            self.opt.step()
+        self.k += 1
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm}
+
+
+def write_json(out: Path, result: dict[str, Any]) -> None:
+    """Write the result file whole or not at all (a temp file renamed over it)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+
+
+def say(msg: str) -> None:
+    """A progress line with the time (stdout, flushed)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
