@@ -83,7 +83,10 @@ def prepare(
     templates = settings.validate()
     if images is None or (torch.is_tensor(images) and images.ndim == 4 and images.shape[0] == 0):
         raise ValueError("no training images: connect 3-5 photos of the subject (Load Training Images or Load Image)")
-    images = rgb_batch(images, "images", MIN_SIDE)
+    # the smallest latent the UNet handles is 8x8: 64 px through an SD VAE (x8), 32 px through an x4 one
+    # (the toy model of benchmarks/toymodel and its shipped workflow train at 32 px)
+    ratio = getattr(vae, "downscale_ratio", 8)
+    images = rgb_batch(images, "images", MIN_SIDE * ratio // 8 if isinstance(ratio, int) else MIN_SIDE)
     family = host.detect_family(model, clip)
     if settings.puts is not None and settings.puts.t_max > family.num_train_timesteps:
         # refused, not clamped: the message quotes the user's value
