@@ -49,6 +49,12 @@ def make(src: Path = ROOT / "workflows" / "train_token.json") -> dict[str, Any]:
     ks = by_type["KSampler"]["widgets_values"]
     ks[2], ks[3] = 20, 4.0
     by_type["SaveImage"]["widgets_values"] = [f"zoodip/{TOKEN}"]
+    wf.setdefault("extra", {})["info"] = {
+        "name": "ZOODiP: train a token on the toy model",
+        "description": "On the toy model (python -m benchmarks.toymodel build --comfyui <your ComfyUI> installs it "
+        f"and its photos): train {TOKEN} from the word {data.TOKEN_INIT_WORD} with ZOODiP (PUTS + Subspace Gradient), "
+        f"save it, and sample with embedding:{TOKEN}.",
+    }
 
     # ImageScale between Load Training Images and Train Token (images link 4)
     new_id = max(nodes) + 1
