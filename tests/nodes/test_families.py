@@ -271,9 +271,11 @@ def test_unsupported_models_are_refused_before_training(host, loaded, photos, co
     before any forward pass."""
     import comfy.supported_models
 
-    _, clip, vae = loaded
-    # a MODEL whose loaded model says it is another family (only its config is read before refusing)
-    fake = types.SimpleNamespace(model=types.SimpleNamespace(model_config=getattr(comfy.supported_models, config)({})))
+    model, clip, vae = loaded
+    # a MODEL (a real patcher, as the node checks what is linked) whose loaded model says it is
+    # another family (only its config is read before refusing)
+    fake = model.clone()
+    fake.model = types.SimpleNamespace(model_config=getattr(comfy.supported_models, config)({}))
     images = _nodes()["ZOODiPLoadImages"]().load(photos, 64)[0]
     with pytest.raises(ValueError) as e:
         _nodes()["ZOODiPTrainToken"]().train(fake, clip, vae, images, token_name="t", init_word="dog", num_vectors=1,
