@@ -16,7 +16,7 @@ TI with one step per ZO forward pass (3x the compute, the accounting of an earli
 token starts from an init word the model already knows but that does not draw the concept ("object"
 by default, see --init-word; the class word "shape" is a baseline). With
 ``--ablations`` the paper's ablations run instead: one setting of ZOODiP varied at a time (PUTS
-band, tau, nu, n, mu). Each token is judged by
+band, tau, nu, n, mu; and lr and two-sided pairs, not the paper's). Each token is judged by
 
 - the judge (benchmarks/toymodel/classifier.py, trained on all 20 colour x shape combinations):
   of 32 images sampled with "a photo of a <token>", the share it names the held-out concept
@@ -29,6 +29,7 @@ band, tau, nu, n, mu). Each token is judged by
     python -m benchmarks.fidelity [--size full|smoke] [--budget 1200] [--seeds 0,1,2] [--methods ...]
     python -m benchmarks.fidelity --ablations puts_band,tau,nu,n,mu      # 600, seeds 0,1
     python -m benchmarks.fidelity --replot benchmarks/results/fidelity.json
+    python -m benchmarks.fidelity --merge a/fidelity.json b/fidelity.json   # runs made in parallel processes
 
 Writes benchmarks/results/fidelity.json, .md, fidelity_curve.png and fidelity_samples.png
 (ablations: fidelity_ablations.json, .md and .png).
@@ -92,7 +93,8 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 # the engine's settings for every ZO method (the paper's SD1.5 values; tau is shortened so SG
 # acts several times within the short budget)
-ZO = {"queries": 2, "perturbation": 1e-3, "learning_rate": 5e-3, "tau": 32, "nu": 1e-3, "puts": (500, 900)}
+ZO = {"queries": 2, "perturbation": 1e-3, "learning_rate": 5e-3, "two_sided": False, "tau": 32, "nu": 1e-3,
+      "puts": (500, 900)}
 TI_LR = 5e-3
 # the paper's ablations: one ZOODiP (SG+PUTS) setting varied at a time, the others as in ZO
 ABLATIONS: dict[str, tuple[str, list[Any]]] = {
@@ -101,6 +103,9 @@ ABLATIONS: dict[str, tuple[str, list[Any]]] = {
     "nu": ("nu", [1e-4, 1e-3, 1e-2, 1e-1]),
     "n": ("queries", [1, 2, 4]),
     "mu": ("perturbation", [1e-4, 1e-3, 1e-2]),
+    # not the paper's: the research of issue 15 (the step size, and antithetic pairs at n=1 and 2)
+    "lr": ("learning_rate", [2.5e-3, 5e-3, 1e-2, 2e-2]),
+    "two_sided": ("two_sided", [False, True]),
 }
 
 
@@ -116,7 +121,9 @@ def method_config(method: str, **override: Any) -> dict[str, Any]:
 
 
 def variant_key(param: str, value: Any) -> str:
-    return f"{param}={value[0]}-{value[1]}" if isinstance(value, (tuple, list)) else f"{param}={value:g}"
+    if isinstance(value, (tuple, list)):
+        return f"{param}={value[0]}-{value[1]}"
+    return f"{param}={str(value).lower()}" if isinstance(value, bool) else f"{param}={value:g}"
 
 
 def ablation_key(param: str, value: Any) -> str:
@@ -141,11 +148,12 @@ def plan(methods: list[str], ablations: list[str]) -> list[tuple[str, dict[str, 
 
 
 def steps_for(cfg: dict[str, Any], budget: int) -> int:
-    per_step = TI_COST if cfg["method"] == "ti" else 1 if cfg["method"] == "ti_steps" else cfg["queries"] + 1
+    zo_cost = 2 * cfg["queries"] if cfg.get("two_sided") else cfg["queries"] + 1
+    per_step = TI_COST if cfg["method"] == "ti" else 1 if cfg["method"] == "ti_steps" else zo_cost
     if budget % per_step:
         raise ValueError(
             f"the budget ({budget}) must be a multiple of {per_step}, the forward passes of one "
-            f"{cfg['method']} step with n={cfg['queries']}; try --budget 300"
+            f"{cfg['method']} step with n={cfg['queries']}{' two-sided' if cfg.get('two_sided') else ''}; try --budget 1200"
         )
     return budget // per_step
 
@@ -268,7 +276,7 @@ def run(
 
         for key, vc in groups:
             for seed in seeds:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 zo = vc["method"] not in ("ti", "ti_steps")
                 s = S.TrainSettings(
                     token_name="toyconcept",
@@ -278,6 +286,7 @@ def run(
                     learning_rate=vc["learning_rate"],
                     queries=vc["queries"],
                     perturbation=vc["perturbation"],
+                    two_sided=bool(vc.get("two_sided")),
                     seed=seed,
                     puts=S.PUTSConfig(*vc["puts"]) if vc["puts"] else None,
                     subspace=S.SubspaceConfig(vc["tau"], vc["nu"]) if vc["tau"] else None,
@@ -285,7 +294,7 @@ def run(
                     query_batch=0,
                 )
                 curve: list[dict[str, Any]] = []  # the token judged at points along the budget
-                eval_seconds = [0.0]
+                eval_seconds = [0.0, 0.0]  # wall, CPU
                 per_step = 1 if zo else TI_COST
 
                 def score(theta, family) -> tuple[dict[str, float], float, Any]:
@@ -300,13 +309,14 @@ def run(
                     return acc, eval_loss(token_encode), imgs
 
                 def checkpoint(theta, family, forwards: int, _curve=curve, _per=per_step, _spent=eval_seconds) -> None:
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     acc, loss, _ = score(theta, family)
                     _curve.append({"forward_equivalents": forwards * _per, **acc, "held_out_loss": loss})
                     _spent[0] += time.perf_counter() - t
+                    _spent[1] += time.process_time() - c
 
-                # judged along the way in the method comparison only (ablations compare end points)
-                every = steps[key] // cfg["curve"] if not ablations and steps[key] % cfg["curve"] == 0 else 0
+                # judged along the way (the time to a given accuracy needs the curve)
+                every = steps[key] // cfg["curve"] if steps[key] % cfg["curve"] == 0 else 0
                 with torch.inference_mode():
                     r = training.prepare(model_obj, clip, vae, refs, s)
                     if zo:
@@ -332,6 +342,7 @@ def run(
                         theta = ti.theta.detach().clone()
                 forwards = r.loss_fn.evaluations
                 train_seconds = time.perf_counter() - t0 - eval_seconds[0]
+                train_cpu = time.process_time() - c0 - eval_seconds[1]
                 acc, loss, imgs = score(theta, r.family)
                 curve.append({"forward_equivalents": forwards * per_step, **acc, "held_out_loss": loss})
                 rec = {
@@ -347,6 +358,7 @@ def run(
                     "train_loss_last10": _mean(history[-10:]),
                     "token_norm": float(theta.norm()),
                     "train_seconds": round(train_seconds, 1),
+                    "train_cpu_seconds": round(train_cpu, 1),  # the speed measure: this machine is shared
                     "curve": curve,
                     **clip_scores(imgs, refs),
                 }
@@ -433,7 +445,59 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         if all("clip_i" in r for r in rs):
             out[m]["clip_i_mean"] = statistics.fmean(r["clip_i"] for r in rs)
             out[m]["clip_t_mean"] = statistics.fmean(r["clip_t"] for r in rs)
+        if all("train_cpu_seconds" in r for r in rs):
+            out[m]["train_cpu_seconds_mean"] = statistics.fmean(r["train_cpu_seconds"] for r in rs)
+    if "ti" in out:  # issue 15's speed goal: CPU time to first reach TI's final accuracy (mean curves)
+        target = out["ti"]["accuracy_mean"]
+        for s in out.values():
+            s["cpu_seconds_to_ti_final"] = _time_to(s, target)
+        ti_time = out["ti"]["cpu_seconds_to_ti_final"]
+        for s in out.values():
+            t = s["cpu_seconds_to_ti_final"]
+            s["time_to_ti_final_vs_ti"] = None if t is None or not ti_time else t / ti_time
     return out
+
+
+# what must agree for runs of several results to be compared in one table
+_SAME = ("size", "budget_forwards", "zo", "ti_lr", "ti_cost_forwards", "templates", "prompt", "init_word",
+         "samples_per_judgement", "concept", "weights_sha256", "baselines")
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several made apart (e.g. in parallel processes); refuses any that differ in
+    what the comparison rests on (the toy's weights, the budget, the settings, the baselines)."""
+    if not results:
+        raise ValueError("nothing to merge")
+    first = results[0]
+    for r in results[1:]:
+        diff = [k for k in _SAME if r.get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"these results differ in {', '.join(diff)}: they do not measure the same thing")
+    out = dict(first)
+    out["runs"] = [run for r in results for run in r["runs"]]
+    seen = [(run.get("variant", run["method"]), run["seed"]) for run in out["runs"]]
+    dup = sorted({x for x in seen if seen.count(x) > 1})
+    if dup:
+        raise ValueError(f"runs {dup} are in more than one result")
+    out["variants"] = {k: v for r in results for k, v in r.get("variants", {}).items()}
+    out["ablations"] = {k: v for r in results for k, v in (r.get("ablations") or {}).items()}
+    out["seeds"] = sorted({run["seed"] for run in out["runs"]})
+    out["seconds"] = sum(r.get("seconds", 0.0) for r in results)
+    out["merged_from"] = len(results)
+    out["summary"] = summarize(out)
+    return out
+
+
+def _time_to(s: dict[str, Any], target: float) -> float | None:
+    """CPU seconds until the first judged point of the mean curve at or above ``target``: the run's
+    training CPU time prorated by forward-pass equivalents (a step's cost is the same all run long)."""
+    if "train_cpu_seconds_mean" not in s or not s["curve"]:
+        return None
+    end = max(c["forward_equivalents"] for c in s["curve"])
+    for c in s["curve"]:
+        if c["accuracy_mean"] >= target - 1e-9:
+            return s["train_cpu_seconds_mean"] * c["forward_equivalents"] / end
+    return None
 
 
 def _curve(rs: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -462,16 +526,28 @@ def _row(label: str, s: dict[str, Any]) -> str:
         f"| {label} | {','.join(map(str, s['steps']))} | {','.join(map(str, s['forward_equivalents']))} | "
         f"{s['accuracy_mean']:.0%} ± {s['accuracy_sd']:.0%} | {_pct(s.get('colour_accuracy_mean'))} | "
         f"{_pct(s.get('shape_accuracy_mean'))} | {s['held_out_loss_mean']:.4f} ± {s['held_out_loss_sd']:.4f} | "
-        f"{s['loss_gap_vs_words']:+.4f} | {s['loss_gap_vs_wrong']:+.4f} | {s['train_seconds_mean']:.0f} |"
+        f"{s['loss_gap_vs_words']:+.4f} | {s['loss_gap_vs_wrong']:+.4f} | {_cpu(s)} | {_reach(s)} |"
     )
+
+
+def _cpu(s: dict[str, Any]) -> str:
+    return f"{s['train_cpu_seconds_mean']:.0f}" if "train_cpu_seconds_mean" in s else f"{s['train_seconds_mean']:.0f} (wall)"
+
+
+def _reach(s: dict[str, Any]) -> str:
+    if "cpu_seconds_to_ti_final" not in s:
+        return ""
+    t, x = s["cpu_seconds_to_ti_final"], s.get("time_to_ti_final_vs_ti")
+    return "not reached" if t is None else f"{t:.0f} ({x:.2f}x TI)" if x else f"{t:.0f}"
 
 
 def table(result: dict[str, Any]) -> str:
     b = result["baselines"]
     head = [
         "| {} | steps | forward equivalents | judge: both right (mean ± sd) | colour right | shape right | "
-        "held-out loss (mean ± sd) | loss vs concept words | loss vs wrong caption | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "held-out loss (mean ± sd) | loss vs concept words | loss vs wrong caption | train CPU s | "
+        "CPU s to TI's final accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines = [
         f'Held-out concept: {result["concept"]}; token initialized from "{result["init_word"]}"; '
@@ -482,9 +558,10 @@ def table(result: dict[str, Any]) -> str:
     ]
     summary = result["summary"]
     ablations = result.get("ablations") or {}
-    if not ablations:
+    methods = [m for m in summary if m in METHODS]
+    if not ablations or set(methods) - {"zoodip"}:  # a merged result may hold methods and ablations
         lines += ["", head[0].format("method"), head[1]]
-        lines += [_row(LABELS.get(m, m), s) for m, s in summary.items()]
+        lines += [_row(LABELS.get(m, m), summary[m]) for m in methods]
     for name, param in ablations.items():
         lines += [
             "",
@@ -500,7 +577,7 @@ def table(result: dict[str, Any]) -> str:
                 lines.append(_row(variant_key(param, v).split("=", 1)[1] + default, summary[key]))
     curves = {m: {c["forward_equivalents"]: c for c in v.get("curve", [])} for m, v in summary.items()}
     points = sorted({f for c in curves.values() for f in c})
-    if not ablations and len(points) > 1:
+    if len(points) > 1:
         lines += ["", "Along the budget: judge, both right (held-out loss), mean over seeds", ""]
         lines += ["| method | " + " | ".join(f"{f} fwd" for f in points) + " |", "|---" * (len(points) + 1) + "|"]
         for m, c in curves.items():
@@ -621,7 +698,7 @@ def draw(result: dict[str, Any], out: Path) -> None:
     out.with_suffix(".md").write_text(table(result) + "\n")
     if result.get("ablations"):
         plot_ablations(result, out.with_suffix(".png"))
-    elif any(v.get("curve") for v in result["summary"].values()):
+    if any(v.get("curve") for v in result["summary"].values()):
         plot_curves(result, out.with_name(out.stem + "_curve.png"))
 
 
@@ -647,7 +724,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--from-partial", metavar="JSON", help="summarize an interrupted run's .partial.json (no sampling, no grid)")
     p.add_argument("--replot", metavar="JSON", help="no run: redo a result's summary, table and plots")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="no run: join the runs of results made with the same toy model, budget and baselines "
+                   "(e.g. methods run in parallel processes) into --out-dir's fidelity[_ablations].json")
     a = p.parse_args(argv)
+    if a.merge:
+        try:
+            result = merge([json.loads(Path(f).read_text()) for f in a.merge])
+        except ValueError as e:
+            p.error(str(e))
+        suffix = _suffix(result["size"])
+        out = Path(a.out_dir) / f"{'fidelity_ablations' if result.get('ablations') else 'fidelity'}{suffix}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        draw(result, out)
+        print(table(result))
+        return 0
     if a.from_partial or a.replot:
         src = Path(a.from_partial or a.replot)
         result = json.loads(src.read_text())

@@ -123,3 +123,60 @@ def test_ablation_plan_runs_each_default_once_and_keys_values():
     assert f.method_config("sg")["puts"] is None and f.method_config("sg")["tau"] == f.ZO["tau"]
     assert f.method_config("puts")["tau"] is None and f.method_config("puts")["puts"] == f.ZO["puts"]
     assert f.steps_for(f.method_config("ti"), 1200) == 400 and f.steps_for(f.method_config("ti_steps"), 1200) == 1200
+
+
+def test_research_ablations_cost_what_they_evaluate():
+    from benchmarks import fidelity as f
+
+    groups = dict(f.plan(["zoodip"], ["lr", "two_sided"]))
+    assert "learning_rate=0.005" not in groups and "two_sided=false" not in groups  # the defaults are zoodip
+    assert groups["learning_rate=0.01"]["learning_rate"] == 0.01 and groups["two_sided=true"]["two_sided"] is True
+    # two-sided n=2 evaluates 4 points per step (no clean point), one-sided n=2 evaluates 3
+    assert f.steps_for(groups["two_sided=true"], 1200) == 300 and f.steps_for(groups["zoodip"], 1200) == 400
+
+
+def _result(runs, sha="abc", budget=1200):
+    base = {"held_out_loss": 0.03, "accuracy": 0.1, "text": "x"}
+    return {"size": "full", "budget_forwards": budget, "zo": {}, "ti_lr": 5e-3, "ti_cost_forwards": 3,
+            "templates": [], "prompt": "p", "init_word": "object", "samples_per_judgement": 32,
+            "concept": "purple cross", "weights_sha256": sha, "seconds": 10.0,
+            "classifier_test_accuracy": {"both": 0.99}, "variants": {}, "ablations": {},
+            "baselines": {"concept_words": base, "wrong_caption": base}, "runs": runs}
+
+
+def _run(method, seed, curve, cpu):
+    return {"method": method, "variant": method, "seed": seed, "accuracy": curve[-1], "held_out_loss": 0.02,
+            "forwards": 400, "steps": 400, "forward_equivalents": 1200, "train_seconds": cpu, "train_cpu_seconds": cpu,
+            "curve": [{"forward_equivalents": 300 * (i + 1), "accuracy": a, "held_out_loss": 0.02}
+                      for i, a in enumerate(curve)]}
+
+
+def test_merge_joins_parallel_results_and_times_the_reach_of_ti_final():
+    from benchmarks import fidelity as f
+
+    ti = _result([_run("ti", 0, [0.2, 0.5, 0.8, 0.8], 100.0), _run("ti", 1, [0.2, 0.5, 0.8, 0.8], 100.0)])
+    zo = _result([_run("zoodip", 0, [0.1, 0.3, 0.5, 0.9], 80.0), _run("zoodip", 1, [0.1, 0.3, 0.5, 0.7], 80.0)])
+    merged = f.merge([ti, zo])
+    s = merged["summary"]
+    assert {r["method"] for r in merged["runs"]} == {"ti", "zoodip"} and merged["merged_from"] == 2
+    # TI's mean curve first reaches its final 80% at 3/4 of its run: 75 s; ZOODiP's mean only at the end: 80 s
+    assert s["ti"]["cpu_seconds_to_ti_final"] == 75.0 and s["zoodip"]["cpu_seconds_to_ti_final"] == 80.0
+    assert abs(s["zoodip"]["time_to_ti_final_vs_ti"] - 80 / 75) < 1e-12
+    assert "1.07x TI" in f.table(merged)
+    slow = _result([_run("zoodip", 0, [0.1, 0.2, 0.3, 0.4], 80.0)])
+    assert f.merge([ti, slow])["summary"]["zoodip"]["cpu_seconds_to_ti_final"] is None
+    assert "not reached" in f.table(f.merge([ti, slow]))
+
+
+def test_merge_refuses_results_that_measure_different_things():
+    import pytest
+
+    from benchmarks import fidelity as f
+
+    a = _result([_run("ti", 0, [0.5] * 4, 1.0)])
+    with pytest.raises(ValueError, match="weights_sha256"):
+        f.merge([a, _result([_run("zoodip", 0, [0.5] * 4, 1.0)], sha="other")])
+    with pytest.raises(ValueError, match="budget_forwards"):
+        f.merge([a, _result([_run("zoodip", 0, [0.5] * 4, 1.0)], budget=600)])
+    with pytest.raises(ValueError, match="more than one result"):
+        f.merge([a, _result([_run("ti", 0, [0.5] * 4, 1.0)])])
