@@ -104,7 +104,7 @@ ABLATIONS: dict[str, tuple[str, list[Any]]] = {
     "n": ("queries", [1, 2, 4]),
     "mu": ("perturbation", [1e-4, 1e-3, 1e-2]),
     # not the paper's: the research of issue 15 (the step size, and antithetic pairs at n=1 and 2)
-    "lr": ("learning_rate", [2.5e-3, 5e-3, 1e-2, 2e-2]),
+    "lr": ("learning_rate", [2.5e-3, 5e-3, 1e-2]),
     "two_sided": ("two_sided", [False, True]),
 }
 
@@ -134,16 +134,17 @@ def ablation_key(param: str, value: Any) -> str:
 
 
 def plan(methods: list[str], ablations: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(variant key, config) for each run group; an ablation's default is run once as "zoodip"."""
-    if not ablations:
-        return [(m, method_config(m)) for m in methods]
-    out = [("zoodip", method_config("zoodip"))]
+    """(variant key, config) for each run group: the methods, then each ablation's values; an
+    ablation's default value is the "zoodip" method, run only if it is among the methods (a run
+    split over processes and joined with --merge runs it once)."""
+    out = [(m, method_config(m)) for m in methods]
     for name in ablations:
         param, values = ABLATIONS[name]
         for v in values:
             cfg = method_config("zoodip", **{param: tuple(v) if isinstance(v, list) else v})
-            if cfg != out[0][1]:
-                out.append((variant_key(param, v), cfg))
+            key = variant_key(param, v)
+            if cfg != method_config("zoodip") and key not in dict(out):
+                out.append((key, cfg))
     return out
 
 
@@ -709,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=int, default=None, help="forward-pass equivalents per run (a multiple of each method's per-step cost)"
     )
     p.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--methods", default=None, help=f"comma-separated, from {','.join(METHODS)}; default "
+                   f"{','.join(DEFAULT_METHODS)}, or zoodip alone with --ablations (its default values)")
     p.add_argument(
         "--ablations", default="", help=f"comma-separated, from {','.join(ABLATIONS)}: vary one ZOODiP setting instead"
     )
@@ -755,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    methods = [m for m in a.methods.split(",") if m]
+    default = "zoodip" if a.ablations else ",".join(DEFAULT_METHODS)
+    methods = [m for m in (default if a.methods is None else a.methods).split(",") if m]
     bad = set(methods) - set(METHODS)
     if bad:
         p.error(f"unknown methods {sorted(bad)}; choose from {METHODS}")

@@ -133,6 +133,9 @@ def test_research_ablations_cost_what_they_evaluate():
     assert groups["learning_rate=0.01"]["learning_rate"] == 0.01 and groups["two_sided=true"]["two_sided"] is True
     # two-sided n=2 evaluates 4 points per step (no clean point), one-sided n=2 evaluates 3
     assert f.steps_for(groups["two_sided=true"], 1200) == 300 and f.steps_for(groups["zoodip"], 1200) == 400
+    # methods and ablations together, without zoodip: its runs come from another process (--merge)
+    split = [k for k, _ in f.plan(["ti", "vanilla"], ["lr"])]
+    assert split == ["ti", "vanilla", "learning_rate=0.0025", "learning_rate=0.01"]
 
 
 def _result(runs, sha="abc", budget=1200):
