@@ -32,7 +32,7 @@ band, tau, nu, n, mu; and lr and two-sided pairs, not the paper's). Each token i
     python -m benchmarks.fidelity --merge a/fidelity.json b/fidelity.json   # runs made in parallel processes
 
 Writes benchmarks/results/fidelity.json, .md, fidelity_curve.png and fidelity_samples.png
-(ablations: fidelity_ablations.json, .md and .png).
+(ablations: fidelity_ablations.json, .md, .png and _curve.png).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, FirstOrderTI, pack, say
+from benchmarks._common import ROOT, FirstOrderTI, pack, say, write_json
 
 METHODS = ("zoodip", "vanilla", "ti", "sg", "puts", "ti_steps")  # the headline comparison first
 DEFAULT_METHODS = METHODS[:-1]  # ti_steps (3x TI's compute) only on request
@@ -369,14 +369,14 @@ def run(
                 say(f"{key} seed {seed}: {rec}")
                 if out_dir is not None:  # partial results survive an interrupted run
                     out_dir.mkdir(parents=True, exist_ok=True)
-                    (out_dir / f"{name}{_suffix(size)}.partial.json").write_text(json.dumps(result, indent=1))
+                    write_json(out_dir / f"{name}{_suffix(size)}.partial.json", result)
         result["summary"] = summarize(result)
         result["seconds"] = round(time.perf_counter() - t_start, 1)
         result["grid_rows"] = [label for label, _ in rows]  # the sample grid's rows, top to bottom (8 samples each)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             suffix = _suffix(size)
-            (out_dir / f"{name}{suffix}.json").write_text(json.dumps(result, indent=1))
+            write_json(out_dir / f"{name}{suffix}.json", result)
             draw(result, out_dir / f"{name}{suffix}.json")
             if not ablations:
                 check.grid([imgs[:8] for _, imgs in rows], out_dir / f"fidelity_samples{suffix}.png")
@@ -737,8 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
         suffix = _suffix(result["size"])
         out = Path(a.out_dir) / f"{'fidelity_ablations' if result.get('ablations') else 'fidelity'}{suffix}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        write_json(out, result)
         draw(result, out)
         print(table(result))
         return 0
@@ -750,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.from_partial:
             result["partial"] = True  # some methods or seeds may be missing
             out = src.with_name(src.name.replace(".partial.json", ".json"))
-        out.write_text(json.dumps(result, indent=1))
+        write_json(out, result)
         draw(result, out)
         print(table(result))
         return 0
