@@ -133,13 +133,41 @@ def ablation_key(param: str, value: Any) -> str:
     return "zoodip" if same else variant_key(param, value)
 
 
+def parse_ablation(text: str) -> tuple[str, list[Any]]:
+    """"name" (all its values) or "name=v1/v2" (some values, e.g. "lr=0.0025", "puts_band=250-750",
+    "two_sided=true") -> (name, values); a clear error for anything else."""
+    name, sep, given = text.partition("=")
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+    values = ABLATIONS[name][1]
+    if not sep:
+        return name, values
+    kind = type(values[0])
+    out: list[Any] = []
+    for v in given.split("/"):
+        try:
+            if kind is bool:
+                if v.lower() not in ("true", "false"):
+                    raise ValueError(v)
+                out.append(v.lower() == "true")
+            elif kind in (tuple, list):
+                lo, hi = v.split("-")  # a ValueError unless exactly two parts
+                out.append([int(lo), int(hi)])
+            else:
+                out.append(kind(v))
+        except ValueError:
+            raise ValueError(f"--ablations {text}: {v!r} is not a value of {name} (e.g. {variant_key(name, values[0]).split('=')[1]})") from None
+    return name, out
+
+
 def plan(methods: list[str], ablations: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """(variant key, config) for each run group: the methods, then each ablation's values; an
     ablation's default value is the "zoodip" method, run only if it is among the methods (a run
     split over processes and joined with --merge runs it once)."""
     out = [(m, method_config(m)) for m in methods]
-    for name in ablations:
-        param, values = ABLATIONS[name]
+    for text in ablations:
+        name, values = parse_ablation(text)
+        param = ABLATIONS[name][0]
         for v in values:
             cfg = method_config("zoodip", **{param: tuple(v) if isinstance(v, list) else v})
             key = variant_key(param, v)
@@ -220,7 +248,7 @@ def run(
         "init_word": init_word,
         "samples_per_judgement": cfg["samples"],
         "concept": " ".join(held_out),
-        "ablations": {a: ABLATIONS[a][0] for a in ablations},
+        "ablations": {parse_ablation(a)[0]: ABLATIONS[parse_ablation(a)[0]][0] for a in ablations},
         "variants": {k: c for k, c in groups},
         "clip_text": "a photo of a " + " ".join(held_out) if clip_model else None,
         "runs": [],
@@ -713,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help=f"comma-separated, from {','.join(METHODS)}; default "
                    f"{','.join(DEFAULT_METHODS)}, or zoodip alone with --ablations (its default values)")
     p.add_argument(
-        "--ablations", default="", help=f"comma-separated, from {','.join(ABLATIONS)}: vary one ZOODiP setting instead"
+        "--ablations", default="", help=f"comma-separated, from {','.join(ABLATIONS)}: vary one ZOODiP setting at a time; "
+        "name=v1/v2 runs only those values (e.g. n=4,lr=0.0025)"
     )
     p.add_argument("--init-word", default=INIT_WORD, help="the token's starting word (one CLIP token)")
     p.add_argument("--held-out", default="purple,cross",
@@ -762,9 +791,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown methods {sorted(bad)}; choose from {METHODS}")
     ablations = [x for x in a.ablations.split(",") if x]
-    bad = set(ablations) - set(ABLATIONS)
-    if bad:
-        p.error(f"unknown ablations {sorted(bad)}; choose from {tuple(ABLATIONS)}")
+    try:
+        for x in ablations:
+            parse_ablation(x)
+    except ValueError as e:
+        p.error(str(e))
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
     from benchmarks.toymodel import data
 

@@ -136,6 +136,14 @@ def test_research_ablations_cost_what_they_evaluate():
     # methods and ablations together, without zoodip: its runs come from another process (--merge)
     split = [k for k, _ in f.plan(["ti", "vanilla"], ["lr"])]
     assert split == ["ti", "vanilla", "learning_rate=0.0025", "learning_rate=0.01"]
+    # name=v1/v2: only those values (the default, zoodip, is still left to the zoodip method)
+    some = [k for k, _ in f.plan([], ["n=4", "lr=0.0025/0.005", "puts_band=250-750", "two_sided=true"])]
+    assert some == ["queries=4", "learning_rate=0.0025", "puts=250-750", "two_sided=true"]
+    import pytest
+
+    for bad in ("n=four", "lr=", "two_sided=yes", "puts_band=700", "bogus=1"):
+        with pytest.raises(ValueError):
+            f.plan([], [bad])
 
 
 def _result(runs, sha="abc", budget=1200):
