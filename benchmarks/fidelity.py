@@ -757,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replot", metavar="JSON", help="no run: redo a result's summary, table and plots")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="no run: join the runs of results made with the same toy model, budget and baselines "
-                   "(e.g. methods run in parallel processes) into --out-dir's fidelity[_ablations].json")
+                   "(e.g. methods run in parallel processes) into --out-dir's fidelity.json "
+                   "(fidelity_ablations.json if every run is a ZOODiP variant)")
     a = p.parse_args(argv)
     if a.merge:
         try:
@@ -765,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
         suffix = _suffix(result["size"])
-        out = Path(a.out_dir) / f"{'fidelity_ablations' if result.get('ablations') else 'fidelity'}{suffix}.json"
+        only_ablations = not {r["method"] for r in result["runs"]} - {"zoodip"}
+        out = Path(a.out_dir) / f"{'fidelity_ablations' if only_ablations else 'fidelity'}{suffix}.json"
         write_json(out, result)
         draw(result, out)
         print(table(result))
