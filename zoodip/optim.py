@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import torch
 
+from .settings import SETTINGS
+
 # The paper's values. eps is large because ZO estimates are noisy: a small eps would turn rare
 # near-zero second moments into huge steps.
 PAPER_BETAS = (0.9, 0.999)
@@ -20,7 +22,7 @@ PAPER_EPS = 1e-3
 STATE_KEYS = ("lr", "betas", "eps", "t", "exp_avg", "exp_avg_sq")
 
 
-def paper_adam(theta: torch.Tensor, lr: float = 5e-3) -> torch.optim.Adam:
+def paper_adam(theta: torch.Tensor, lr: float = SETTINGS["learning_rate"].default) -> torch.optim.Adam:
     """``torch.optim.Adam`` over ``theta`` with the paper's betas and eps.
 
     The single-tensor path (``foreach``/``fused``/``capturable`` off) is pinned, so a run does the

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -14,6 +14,7 @@ from .estimator import RandomGradientEstimator
 from .optim import adam_state, check_adam_state, load_adam_state, only_param, paper_adam
 from .projector import SubspaceProjector
 from .seeds import derive_seed
+from .settings import SETTINGS
 
 
 class BatchLoss(Protocol):
@@ -101,11 +102,13 @@ class ZOTrainer:
                 )
             return StepResult(self.step_count, math.nan, skipped=True)
         self._bad_in_a_row = 0
+        # kept to undo a step that would blow the token up (the optimizer's moments and the projector's
+        # trajectory included: a resume re-runs the step, and must not observe theta twice)
+        before, optimizer_before = self.theta.clone(), adam_state(self.optimizer)
+        projector_before = None if self.projector is None else self.projector.state_dict()
         if self.projector is not None:
             self.projector.observe(self.theta)
             grad = self.projector.project(grad)
-        # kept to undo a step that would blow the token up (the optimizer's moments included)
-        before, optimizer_before = self.theta.clone(), adam_state(self.optimizer)
         self.theta.grad = grad.to(device=self.theta.device, dtype=self.theta.dtype)
         try:
             self.optimizer.step()
@@ -115,11 +118,13 @@ class ZOTrainer:
         if biggest > MAX_ABS_VALUE:
             self.theta.copy_(before)
             load_adam_state(self.optimizer, optimizer_before)
+            if self.projector is not None:
+                self.projector.load_state_dict(projector_before)
             self.step_count = k
             raise DivergedError(
                 f"step {k + 1} would move the token to values up to {biggest:.3g} (beyond {MAX_ABS_VALUE:g}, where a "
                 "half-precision text encoder overflows): the learning_rate is far too large; the token was kept at "
-                "its last good value. Lower the learning_rate (the paper uses 5e-3)"
+                f"its last good value. Lower the learning_rate ({SETTINGS['learning_rate'].paper_text()})"
             )
         clean = self.estimator.clean_loss(losses)
         self.history.append(clean)
@@ -170,7 +175,7 @@ class ZOTrainer:
 _STATE_KEYS = ("theta", "seed", "step", "skipped_steps", "bad_in_a_row", "history", "estimator", "optimizer", "projector")
 
 
-def check_state(state, shape: tuple[int, ...]) -> None:
+def check_state(state: Any, shape: tuple[int, ...]) -> None:
     """Raise ValueError (a sentence) unless ``state`` can resume a trainer of a token of ``shape``.
 
     It is loaded into scratch objects the way ``ZOTrainer.load_state_dict`` would load it, so any
@@ -196,7 +201,7 @@ def check_state(state, shape: tuple[int, ...]) -> None:
         raise ValueError(f"it is damaged (step {scratch.step_count})")
 
 
-def _tensors(obj, prefix: str = ""):
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
     if torch.is_tensor(obj):
         yield prefix or "state", obj
     elif isinstance(obj, dict):

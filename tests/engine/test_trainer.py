@@ -126,6 +126,24 @@ def test_a_runaway_update_is_refused_and_the_last_good_token_kept():
     assert isinstance(DivergedError("x"), NonFiniteLossError)
 
 
+def test_a_refused_update_leaves_the_projector_as_before_the_step():
+    # the rollback takes back the projector's observation too: a resume re-runs the step and must not
+    # see theta twice (tau=3: the refused step would have completed a window and refreshed the basis)
+    from zoodip.trainer import DivergedError
+
+    theta = torch.zeros(1, 8)
+    tr = ZOTrainer(theta, lambda th, s: (th ** 2).sum(dim=(1, 2)) + 1.0, RandomGradientEstimator(1, 1e-3),
+                   paper_adam(theta, lr=1e-2), SubspaceProjector(3, 1e-3), seed=0)
+    tr.run(2)
+    before = tr.projector.state_dict()
+    tr.optimizer.param_groups[0]["lr"] = 1e9
+    with pytest.raises(DivergedError):
+        tr.step()
+    after = tr.projector.state_dict()
+    assert after["count"] == before["count"] == 2 and after["refreshes"] == before["refreshes"] == 0
+    assert torch.equal(after["buffer"], before["buffer"]) and after["noise_basis"] is None
+
+
 def test_an_infinite_estimate_from_finite_losses_is_skipped():
     # finite losses whose difference over a tiny mu overflows: the estimate is inf, the step skipped
     tr = _trainer(lambda th, s: torch.tensor([0.0, 3e38]), mu=1e-300)
