@@ -174,15 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(opts, "verbose", False) else logging.WARNING,
                         stream=sys.stderr, format="%(message)s")
     try:
-        if opts.command == "train":
-            return train(opts)
+        return train(opts)  # the only command (the subparser is required)
     except UsageError as e:
         print(f"{PROG} {opts.command}: error: {e}", file=sys.stderr)
         return 2
     except CLIError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileExistsError) as e:  # the pack's refusals (bad photos, model family...)
+    # the pack's refusals (bad photos, model family...), a file that cannot be read or written; an error that
+    # stops training is printed by the runner, after it saved the token
+    except (ValueError, OSError) as e:
         if opts.verbose:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -190,8 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before or after training (during it, the runner saves and returns 130)
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {opts.command}")
-    return 2
 
 
 if __name__ == "__main__":

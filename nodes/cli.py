@@ -22,8 +22,9 @@ import folder_paths
 import nodes as host_nodes  # the host's nodes.py (this package is the pack's nodes/)
 
 from ..zoodip import embedding as emb_io
-from ..zoodip.cli import train_settings
+from ..zoodip.cli import PROG, family_defaults, train_settings
 from ..zoodip.images import load_folder
+from ..zoodip.trainer import NonFiniteLossError
 from . import host, training
 from .common import embedding_path, save_snapshot
 from .embeddings import ZOODiPSaveEmbedding, read_state
@@ -78,23 +79,32 @@ class Progress:
 
 def train(opts: argparse.Namespace, target: Path, say: Callable[..., None]) -> int:
     """Train and save as the options say; ``target`` is where the runner found the file goes.
-    Returns the exit status (0 saved, 130 interrupted); refusals raise ValueError."""
+
+    Returns the exit status: 0 saved, 1 stopped by an error the user can act on (non-finite losses, a
+    failed save; the token learned so far is saved first, as on Ctrl-C), 130 interrupted. Refusals
+    raise ValueError."""
     if embedding_path(opts.token) != target:  # the node's own rule must agree
         raise ValueError(f"internal: the pack would save to {embedding_path(opts.token)}, not {target}")
-    settings = train_settings(opts)
+    train_settings(opts).validate()  # a bad setting is reported as such before any file is read
     images, names = load_folder(opts.images, opts.resolution)
     say(f"photos: {len(names)} from {opts.images} ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})")
     ckpt = checkpoint_name(opts.checkpoint)
     say(f"checkpoint: {folder_paths.get_full_path('checkpoints', ckpt)}")
     model, clip, vae = host_nodes.CheckpointLoaderSimple().load_checkpoint(ckpt)[:3]
+    family = host.detect_family(model, clip)
+    # the options left out whose paper value depends on the family (mu, PUTS) take this family's
+    settings = train_settings(opts, family.name)
+    settings.validate()
+    by_family = family_defaults(opts)
+    if by_family:
+        say(f"{family.name}: {', '.join(by_family)} at the paper's values for this family")
 
     resume = None
     if opts.resume is not None:
         # as Load Embedding reads a file: the vectors, and the training state when it is beside them
         resume = emb_io.load(opts.resume)
         resume.state = read_state(resume, emb_io.state_path(opts.resume))
-        settings.validate()  # a bad setting is reported as such, not as a resume mismatch
-        resume = check_resume(resume, settings, host.detect_family(model, clip))
+        resume = check_resume(resume, settings, family)
 
     run = training.prepare(model, clip, vae, images, settings, resume=resume)
     start = run.trainer.step_count
@@ -103,31 +113,62 @@ def train(opts: argparse.Namespace, target: Path, say: Callable[..., None]) -> i
     say(f"training {opts.token}: {opts.steps} steps, {settings.queries + 1 if not settings.two_sided else 2 * settings.queries} "
         f"forward passes each, on {model.load_device}")
     progress = Progress(opts.steps, start, not opts.quiet)
+    saved: dict[str, Any] = {"step": start, "path": None}  # the last step whose token is on disk
+
+    def snapshot() -> Path:
+        path = save_snapshot(run.embedding(), run.trainer.step_count)
+        saved.update(step=run.trainer.step_count, path=path)
+        return path
 
     def on_step(r: Any, rate: float) -> None:
-        if opts.save_every and r.step % opts.save_every == 0:
-            path = save_snapshot(run.embedding(), r.step)
-            log.info("step %d saved to %s", r.step, path)
+        # only a token some step changed since the last save is written (skipped steps change nothing)
+        if opts.save_every and r.step % opts.save_every == 0 and training.learned_since(run, saved["step"]):
+            try:
+                log.info("step %d saved to %s", r.step, snapshot())
+            except OSError as e:  # a full disk should not end a long run; the next save tries again
+                say(f"warning: could not save step {r.step}: {e}")
         progress.step(r.step, r.loss, rate)
 
     try:
-        training.train(run, on_step=on_step)
-    except KeyboardInterrupt:
-        progress.close()
+        try:
+            training.train(run, on_step=on_step)
+        finally:
+            progress.close()
+    except (KeyboardInterrupt, Exception) as e:  # Ctrl-C, non-finite losses...: keep what was learned
         step = run.trainer.step_count
-        if step > start:
-            path = save_snapshot(run.embedding(), step)
-            print(f"interrupted at step {step} of {opts.steps}; the token learned so far is in {path}\n"
-                  f"continue with: --resume {path}", file=sys.stderr)
+        where, save_error = saved["path"], None
+        if training.learned_since(run, saved["step"]):
+            try:
+                where = snapshot()
+            except Exception as err:  # never hide the original error behind this one
+                save_error = err
+        if save_error is not None:
+            kept = f"could not save the token learned since step {saved['step']}: {save_error}" + (
+                f"; the last saved token is {where}" if where is not None else "")
+        elif where is not None:
+            kept = f"the token learned so far is in {where}\ncontinue with: --resume {where}"
         else:
-            print(f"interrupted before step {start + 1}; nothing to save", file=sys.stderr)
-        return 130
-    finally:
-        progress.close()
+            kept = f"no step changed the token since step {start}; nothing to save"
+        if isinstance(e, KeyboardInterrupt):
+            print(f"interrupted at step {step} of {opts.steps}; {kept}", file=sys.stderr)
+            return 130
+        if isinstance(e, NonFiniteLossError | OSError):  # the model, the settings or the disk: said in a sentence
+            print(f"{PROG}: error: {e}\n{kept}", file=sys.stderr)
+            return 1
+        print(kept, file=sys.stderr)
+        raise
     if run.trainer.skipped_steps:
         say(f"warning: {run.trainer.skipped_steps} steps were skipped (non-finite loss)")
 
-    ZOODiPSaveEmbedding().save(run.embedding(), opts.token, opts.overwrite)
+    try:
+        ZOODiPSaveEmbedding().save(run.embedding(), opts.token, opts.overwrite)
+    except OSError as e:  # a full disk, a file that appeared meanwhile: the trained token goes to zoodip-runs
+        try:
+            kept = f"the trained token is in {snapshot()}"
+        except Exception as err:
+            kept = f"it could not be saved to zoodip-runs either: {err}"
+        print(f"{PROG}: error: {e}\n{kept}", file=sys.stderr)
+        return 1
     loss = run.history.loss
     if loss:
         tail = loss[-min(len(loss), 100):]

@@ -9,10 +9,11 @@ with ``CheckpointLoaderSimple``, and trains with the node's code) is the pack ro
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .settings import PUTSConfig, SubspaceConfig, TrainSettings
+from .settings import SETTINGS, PUTSConfig, SubspaceConfig, TrainSettings, add_arguments, dest, paper_value
 
 PROG = "python -m zoodip"
 
@@ -27,8 +28,8 @@ DESCRIPTION = """\
 Learn a new token (textual inversion) from a few photos with forward passes only (ZOODiP,
 arXiv 2503.14868), headless, with the same code the ZOODiP Train Token node runs. The result is
 written where the app writes it, models/embeddings/<token>.safetensors, so any prompt in ComfyUI
-can use it as embedding:<token>. Defaults are the paper's (PUTS 500-900 and Subspace Gradient
-tau 128 / nu 1e-3 on, as in the shipped workflow).
+can use it as embedding:<token>. Defaults are the paper's, for the checkpoint's family where the
+paper's differ (mu, PUTS); PUTS and Subspace Gradient are on, as in the shipped workflow.
 """
 
 EPILOG = """\
@@ -46,9 +47,14 @@ file to --resume to continue exactly where it stopped. Exit status: 0 saved, 1 r
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .settings import SETTINGS, add_arguments
+# the TrainSettings fields that are command-line options, each under its SETTINGS flag
+_TRAIN_OPTIONS = tuple(f.name for f in fields(TrainSettings) if f.name in SETTINGS and SETTINGS[f.name].flag)
+# options whose default is the paper's value for the checkpoint's family, known once it is loaded
+BY_FAMILY = tuple(name for name in _TRAIN_OPTIONS if isinstance(SETTINGS[name].paper, dict))
+PUTS_BY_FAMILY = isinstance(SETTINGS["t_min"].paper, dict) or isinstance(SETTINGS["t_max"].paper, dict)
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="ZOODiP for ComfyUI: forward-only textual inversion from the command line.",
@@ -70,15 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     # every training option below is declared once, in zoodip/settings.py (SETTINGS), like the node's inputs
     add_arguments(need, ["token_name"], required=["token_name"])
 
-    t = p.add_argument_group("training (defaults are the paper's)")
-    add_arguments(t, ["steps", "init_word", "num_vectors", "learning_rate", "queries", "perturbation", "two_sided",
-                      "query_batch", "seed"])
+    t = p.add_argument_group("training (defaults are the paper's, for the checkpoint's family where they differ)")
+    add_arguments(t, [name for name in _TRAIN_OPTIONS if name != "token_name"], by_family=BY_FAMILY)
     puts = t.add_mutually_exclusive_group()
     t_min, t_max = SETTINGS["t_min"], SETTINGS["t_max"]
-    puts.add_argument("--puts", nargs=2, type=int, default=(t_min.default, t_max.default), metavar=("T_MIN", "T_MAX"),
-                      help=f"PUTS: draw training timesteps from [T_MIN, T_MAX) of the model's 1000 (default: "
-                           f"{t_min.default} {t_max.default}; T_MIN {t_min.range_text()}, T_MAX {t_max.range_text()}; "
-                           f"{t_max.paper_text()} for T_MAX)")
+    puts.add_argument("--puts", nargs=2, type=int, default=None, metavar=("T_MIN", "T_MAX"),
+                      help=f"PUTS: draw training timesteps from [T_MIN, T_MAX) of the model's 1000 (default: the "
+                           f"paper's for the checkpoint's family: T_MIN {t_min.paper_text().removeprefix('the paper uses ')}"
+                           f", T_MAX {t_max.paper_text().removeprefix('the paper uses ')}; T_MIN {t_min.range_text()}, "
+                           f"T_MAX {t_max.range_text()})")
     puts.add_argument("--no-puts", action="store_true",
                       help="no PUTS: timesteps uniform over all of them")
     sg = t.add_mutually_exclusive_group()
@@ -110,28 +116,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# the TrainSettings fields that are command-line options, each under its SETTINGS flag
-_TRAIN_OPTIONS = ("token_name", "init_word", "num_vectors", "steps", "learning_rate", "queries", "perturbation", "seed",
-                  "two_sided", "query_batch")
+def settings_kwargs(opts: argparse.Namespace, family: str | None = None) -> dict[str, Any]:
+    """The TrainSettings fields from the options (PUTS/subspace as plain tuples, filled in later).
 
-
-def settings_kwargs(opts: argparse.Namespace) -> dict[str, Any]:
-    """The TrainSettings fields from the options (PUTS/subspace as plain tuples, filled in later)."""
-    from .settings import dest
-
-    templates = ""
+    An option of ``BY_FAMILY`` left out takes the paper's value for ``family`` (before the checkpoint
+    is loaded, ``None``: the first family's, which only the checks see)."""
+    templates = SETTINGS["prompt_templates"].default
     if opts.templates is not None:
         try:
             templates = opts.templates.read_text(encoding="utf-8")
         except (OSError, UnicodeError) as e:
             raise UsageError(f"cannot read --templates {opts.templates}: {e}") from None
-    return {**{name: getattr(opts, dest(name)) for name in _TRAIN_OPTIONS}, "prompt_templates": templates}
+    values = {name: getattr(opts, dest(name)) for name in _TRAIN_OPTIONS}
+    for name in BY_FAMILY:
+        if values[name] is None:
+            values[name] = paper_value(name, family)
+    return {**values, "prompt_templates": templates}
 
 
-def train_settings(opts: argparse.Namespace) -> TrainSettings:
-    """The run's settings from the options (not validated yet)."""
-    s = TrainSettings(**settings_kwargs(opts))
-    s.puts = None if opts.no_puts else PUTSConfig(*opts.puts)
+def family_defaults(opts: argparse.Namespace) -> list[str]:
+    """The settings the options left to the paper's value for the checkpoint's family (as messages name them)."""
+    out = [SETTINGS[name].what for name in BY_FAMILY if getattr(opts, dest(name)) is None]
+    if PUTS_BY_FAMILY and opts.puts is None and not opts.no_puts:
+        out.append("PUTS")
+    return out
+
+
+def train_settings(opts: argparse.Namespace, family: str | None = None) -> TrainSettings:
+    """The run's settings from the options, for a checkpoint of ``family`` (not validated yet)."""
+    s = TrainSettings(**settings_kwargs(opts, family))
+    if opts.no_puts:
+        s.puts = None
+    elif opts.puts is not None:
+        s.puts = PUTSConfig(*opts.puts)
+    else:
+        s.puts = PUTSConfig(paper_value("t_min", family), paper_value("t_max", family))
     s.subspace = None if opts.no_subspace else SubspaceConfig(opts.tau, opts.nu)
     return s
 

@@ -15,7 +15,7 @@ import argparse
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .files import check_name
@@ -278,10 +278,6 @@ SETTINGS: dict[str, Setting] = _settings(
 )
 
 
-def setting(name: str) -> Setting:
-    return SETTINGS[name]
-
-
 def paper_value(name: str, family: str | None = None) -> Any:
     """The paper's value of a setting (for ``family`` where it differs), e.g. ``paper_value("t_max", "SDXL")``."""
     return SETTINGS[name].paper_value(family)
@@ -291,13 +287,15 @@ def check(name: str, value: Any) -> Any:
     return SETTINGS[name].check(value)
 
 
-def add_arguments(parser: Any, names: Iterable[str], required: Iterable[str] = ()) -> None:
+def add_arguments(parser: Any, names: Iterable[str], required: Iterable[str] = (),
+                  by_family: Iterable[str] = ()) -> None:
     """Add the settings ``names`` as options of an argparse parser or group, from the table.
 
     The option's dest is argparse's own (``--lr`` -> ``lr``); :func:`dest` gives it. Values are
-    checked as they are parsed, so a bad one is refused with argparse's exit status 2.
+    checked as they are parsed, so a bad one is refused with argparse's exit status 2. An option in
+    ``by_family`` defaults to None: the caller fills in the paper's value for the model's family.
     """
-    required = set(required)
+    required, by_family = set(required), set(by_family)
     for name in names:
         s = SETTINGS[name]
         if s.flag is None:
@@ -313,7 +311,8 @@ def add_arguments(parser: Any, names: Iterable[str], required: Iterable[str] = (
         if s.kind is str and not s.multiline:
             notes.append(f"default: {s.default}")
         if s.kind is not str:
-            notes.append(f"default: {fmt(s.default)}")
+            notes.append("default: the paper's value for the checkpoint's family" if name in by_family
+                         else f"default: {fmt(s.default)}")
             rng = s.range_text()
             if rng:
                 notes.append(rng)
@@ -321,7 +320,8 @@ def add_arguments(parser: Any, names: Iterable[str], required: Iterable[str] = (
                 notes.append(s.paper_text())
         if notes:
             text += " (" + "; ".join(notes) + ")"
-        parser.add_argument(s.flag, type=s.parse, default=s.default, metavar=s.metavar, help=_escape(text))
+        default = None if name in by_family else s.default
+        parser.add_argument(s.flag, type=s.parse, default=default, metavar=s.metavar, help=_escape(text))
 
 
 def dest(name: str) -> str:
@@ -343,8 +343,8 @@ class PUTSConfig:
         self.t_max = check("t_max", self.t_max)
         if not self.t_min < self.t_max:
             raise ValueError(
-                f"PUTS needs 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}: "
-                "set t_min below t_max (the paper uses 500 and 900)"
+                f"PUTS needs 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}: set t_min below t_max "
+                f"(t_min: {SETTINGS['t_min'].paper_text()}; t_max: {SETTINGS['t_max'].paper_text()})"
             )
 
 
@@ -356,10 +356,6 @@ class SubspaceConfig:
     def validate(self) -> None:
         self.tau = check("tau", self.tau)
         self.nu = check("nu", self.nu)
-
-
-# TrainSettings fields that are table settings, checked against their declared limits
-_CHECKED = ("num_vectors", "steps", "learning_rate", "queries", "perturbation", "seed", "two_sided", "query_batch")
 
 
 @dataclass
@@ -375,7 +371,7 @@ class TrainSettings:
     two_sided: bool = SETTINGS["two_sided"].default
     puts: PUTSConfig | None = None
     subspace: SubspaceConfig | None = None
-    prompt_templates: str = ""  # empty = the standard templates
+    prompt_templates: str = SETTINGS["prompt_templates"].default  # empty also means the standard templates
     # queries per UNet call: 2 is the batch a CFG sampler runs, so training peaks at sampling's
     # memory; 0 = every query in one call (faster where memory is plentiful)
     query_batch: int = SETTINGS["query_batch"].default
@@ -396,3 +392,8 @@ class TrainSettings:
     def to_metadata(self) -> dict[str, str]:
         d = asdict(self)
         return {"zoodip.settings": json.dumps(d, sort_keys=True), "zoodip.method": "ZOODiP (arXiv 2503.14868)"}
+
+
+# TrainSettings fields that are table settings with limits (token_name, init_word and the templates
+# have their own checks), checked against their declaration
+_CHECKED = tuple(f.name for f in fields(TrainSettings) if f.name in SETTINGS and SETTINGS[f.name].kind is not str)

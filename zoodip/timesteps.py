@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .settings import SETTINGS
+
 
 class PUTSSampler:
     """Partial Uniform Timestep Sampling: t ~ U[t_min, t_max) of the model's training timesteps.
@@ -13,11 +15,12 @@ class PUTSSampler:
     ``PUTSSampler.uniform(T)`` is the sampler without PUTS: all of [0, T).
     """
 
-    def __init__(self, t_min: int = 500, t_max: int = 900, num_train_timesteps: int = 1000) -> None:
+    def __init__(self, t_min: int = SETTINGS["t_min"].default, t_max: int = SETTINGS["t_max"].default,
+                 num_train_timesteps: int = 1000) -> None:
         if not 0 <= t_min < t_max <= num_train_timesteps:
             raise ValueError(
                 f"PUTS needs 0 <= t_min < t_max <= {num_train_timesteps}, got t_min={t_min}, t_max={t_max}; "
-                "set t_min below t_max (the paper uses 500 and 900)"
+                f"set t_min below t_max (t_min: {SETTINGS['t_min'].paper_text()}; t_max: {SETTINGS['t_max'].paper_text()})"
             )
         self.t_min = int(t_min)
         self.t_max = int(t_max)

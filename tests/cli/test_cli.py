@@ -143,6 +143,30 @@ def test_help_explains_every_option():
     assert top.returncode == 0 and "train" in top.stdout
 
 
+def test_options_left_out_take_the_paper_values_of_the_checkpoints_family(tmp_path):
+    from zoodip.cli import build_parser, family_defaults, train_settings
+    from zoodip.settings import paper_value
+
+    base = ["train", "--checkpoint", "x", "--images", str(tmp_path), "--token", "t"]
+    opts = build_parser().parse_args(base)
+    for family in ("SD1.x", "SD2.x", "SDXL"):
+        s = train_settings(opts, family)
+        assert s.perturbation == paper_value("perturbation", family)
+        assert (s.puts.t_min, s.puts.t_max) == (paper_value("t_min", family), paper_value("t_max", family))
+        assert family_defaults(opts) == ["perturbation (mu)", "PUTS"]
+    # SDXL is not trained with SD1.x's values (the paper: mu 1e-2, PUTS t_max 700)
+    sdxl = train_settings(opts, "SDXL")
+    assert (sdxl.perturbation, sdxl.puts.t_max) == (1e-2, 700)
+    # what the user gives is what runs
+    given = build_parser().parse_args([*base, "--mu", "0.005", "--puts", "400", "800"])
+    s = train_settings(given, "SDXL")
+    assert s.perturbation == 0.005 and (s.puts.t_min, s.puts.t_max) == (400, 800)
+    assert family_defaults(given) == []
+    assert train_settings(build_parser().parse_args([*base, "--no-puts"]), "SDXL").puts is None
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "the paper's value for the checkpoint's family" in help_text
+
+
 def test_importing_the_engine_and_cli_never_imports_the_host():
     code = (
         "import sys, zoodip, zoodip.cli, zoodip.__main__ as m\n"
@@ -274,6 +298,55 @@ def test_resume_with_overwrite_continues_exactly(trained, comfyui, assets, host)
 
     straight = node_token(host, assets[1], STEPS + 2, "cli-compare-node-6")
     assert torch.equal(_vectors(path), _vectors(straight))
+
+
+def test_a_run_stopped_by_an_error_saves_the_token_and_says_so(host, assets, monkeypatch, capsys):
+    """Non-finite losses stop the run: exit status 1 with a sentence (no traceback), and the token learned so far
+    saved as on Ctrl-C, with how to resume (the runner in the session's host, its loss turned NaN after 2 steps)."""
+    import importlib
+    import math
+    import shutil
+
+    import torch
+
+    from zoodip.cli import build_parser
+
+    pack = host.pack_module.__name__
+    cli_runner = importlib.import_module(f"{pack}.nodes.cli")
+    training = importlib.import_module(f"{pack}.nodes.training")
+    ckpt = host.model_dir("checkpoints") / "cli-compare-tiny.safetensors"
+    if not ckpt.exists():
+        ckpt.symlink_to(assets[0])
+    real_prepare = training.prepare
+
+    def prepare(*a, **kw):
+        run = real_prepare(*a, **kw)
+        loss, calls = run.trainer.loss_fn, []
+
+        def nan_after_two_steps(thetas, seed):
+            calls.append(seed)
+            out = loss(thetas, seed)
+            return out if len(calls) <= 2 else torch.full_like(out, math.nan)
+
+        run.trainer.loss_fn = nan_after_two_steps
+        return run
+
+    monkeypatch.setattr(training, "prepare", prepare)
+    embeddings = host.model_dir("embeddings")
+    runs = embeddings / "zoodip-runs" / "cli-nan"
+    opts = build_parser().parse_args(["train", "--checkpoint", ckpt.name, "--images", str(assets[1]), "--token",
+                                      "cli-nan", "--steps", "20", "--quiet", *COMMON])
+    try:
+        code = cli_runner.train(opts, embeddings / "cli-nan.safetensors", lambda *a: None)
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert "python -m zoodip: error: 5 steps in a row gave non-finite losses" in err
+        snap = runs / "step-7.safetensors"  # stopped at step 7: steps 3-7 were skipped
+        assert f"the token learned so far is in {snap}\ncontinue with: --resume {snap}" in err
+        assert snap.is_file() and snap.with_name("step-7.zoodip-state").is_file()
+        assert not (embeddings / "cli-nan.safetensors").exists()
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
 
 
 def test_ctrl_c_saves_a_snapshot_to_resume_from(assets, comfyui, tmp_path):
