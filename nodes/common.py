@@ -1,11 +1,15 @@
-"""Small helpers the node files share: host folders and run snapshots."""
+"""Small helpers the node files share: host folders, run snapshots, link checks, images shown in a node."""
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 from pathlib import Path
+from typing import Any
 
 import folder_paths
+from PIL import Image
 
 from ..zoodip import embedding as emb_io
 from ..zoodip.embedding import Embedding
@@ -78,7 +82,7 @@ def save_snapshot(embedding: Embedding, step: int) -> Path:
     raise FileExistsError(f"no free snapshot name for step {step} in {folder}")
 
 
-def check_saves_before_training(prompt, node_id, token_name: str) -> None:
+def check_saves_before_training(prompt: dict[str, Any] | None, node_id: str | None, token_name: str) -> None:
     """Refuse, before training, a run whose token a Save Embedding in the same prompt could not save.
 
     Save Embedding refuses an existing file (without overwrite) only when it runs, after the whole
@@ -136,9 +140,21 @@ def check_links(**inputs: tuple[object, str]) -> None:
         if not ok(value):
             shown = repr(value)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            raise ValueError(f"{name}: got {type(value).__name__} {shown}, not a {kind}: connect the output of {source}")
+            article = "an" if kind[0] in "AEIOU" else "a"
+            raise ValueError(f"{name}: got {type(value).__name__} {shown}, not {article} {kind}: connect the output of "
+                             f"{source}")
 
 
 def snapshot_name(path: Path) -> str:
     """The name Load Embedding lists for a file in the embeddings folder (and embedding:<name> reads)."""
     return str(Path(path).resolve().relative_to(embeddings_dir().resolve()))
+
+
+def temp_image(image: Image.Image, prefix: str) -> dict[str, str]:
+    """``image`` saved in the temp folder, as PreviewImage shows images in a node: the ``ui`` entry the UI fetches."""
+    prefix += "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))  # as PreviewImage does
+    full, name, counter, sub, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_temp_directory(),
+                                                                    image.width, image.height)
+    file = f"{name}_{counter:05}_.png"
+    image.save(os.path.join(full, file))
+    return {"filename": file, "subfolder": sub, "type": "temp"}

@@ -110,7 +110,7 @@ class ZOODiPLoadEmbedding(io.ComfyNode):
         return io.NodeOutput(emb)
 
 
-def read_state(emb, sp: Path) -> dict | None:
+def read_state(emb: emb_io.Embedding, sp: Path) -> dict | None:
     """The training state saved beside an embedding, if it is there, readable and for these vectors.
 
     A broken or mismatched state only costs the exact resume (a warning), never the embedding.

@@ -65,13 +65,12 @@ class ZOODiPEvaluate(io.ComfyNode):
     @classmethod
     def execute(cls, images, references, prompt, clip_model, clip_architecture, dino_model=NONE,
                 dino_architecture="vit_base_patch14_dinov2") -> io.NodeOutput:
-        if images.shape[0] == 0 or references.shape[0] == 0:
-            raise ValueError("Evaluate Token needs at least one generated image and one reference photo")
+        # first: a plain value where a link belongs, or an empty batch, is refused with what to connect
+        gen, ref = ev.to_pil(images, "images"), ev.to_pil(references, "references")
         _register_folders()
         path = folder_paths.get_full_path(OPEN_CLIP_DIR, clip_model) if clip_model != NONE else None
         if path is None:
             raise ValueError(f"no open_clip model selected: put a weights file in {os.path.join(folder_paths.models_dir, OPEN_CLIP_DIR)}")
-        gen, ref = ev.to_pil(images, "images"), ev.to_pil(references, "references")
         model, preprocess, tokenizer = ev.load_open_clip(Path(path), clip_architecture)
         scores = ev.clip_scores(model, preprocess, tokenizer, gen, ref, prompt)
         dino = -1.0

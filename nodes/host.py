@@ -14,6 +14,7 @@ import copy
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import comfy.model_management as mm
 import comfy.sampler_helpers
@@ -22,6 +23,9 @@ import torch
 
 from ..zoodip.embedding import Embedding
 from ..zoodip.settings import MAX_VECTORS, paper_value
+
+if TYPE_CHECKING:  # the host's class, for the hints only
+    from comfy.sd import CLIP
 
 log = logging.getLogger("zoodip")
 
@@ -142,7 +146,7 @@ def _resolver(original, table: dict[str, torch.Tensor]):
     return try_get_embedding
 
 
-def clip_with_embeddings(clip, embeddings: dict[str, dict[str, torch.Tensor]]):
+def clip_with_embeddings(clip: CLIP, embeddings: dict[str, dict[str, torch.Tensor]]) -> CLIP:
     """A clone of ``clip`` whose tokenizer resolves each name in ``embeddings`` to its vectors.
 
     The tokenizer is copied (``CLIP.clone`` shares it), so the input CLIP is left unchanged.
@@ -162,7 +166,7 @@ def clip_with_embeddings(clip, embeddings: dict[str, dict[str, torch.Tensor]]):
     return new
 
 
-def apply_embedding(clip, emb: Embedding, token_name: str):
+def apply_embedding(clip: CLIP, emb: Embedding, token_name: str) -> CLIP:
     keys = list(clip.tokenize("a").keys())
     vectors = emb.for_encoders(keys)
     for k, v in vectors.items():

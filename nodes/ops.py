@@ -306,7 +306,14 @@ def quantize_module(root: torch.nn.Module, linear: str = "int8", conv: str = "in
     return quant.quantize_module(root, linear, conv, layers=HostLayers, scope=scope, tables=tables, **kwargs)
 
 
-def probe(linear: str, conv: str, device) -> None:
+def _others(what: str, linear: str, conv: str) -> str:
+    """The formats to suggest instead of the one that failed (``what`` is "Linear <fmt>" or "Conv2d <fmt>")."""
+    formats, failed = (LINEAR_FORMATS, linear) if what.startswith("Linear") else (CONV_FORMATS, conv)
+    others = [f for f in formats if f != failed]
+    return ", ".join(others[:-1]) + f" or {others[-1]}" if len(others) > 1 else others[0]
+
+
+def probe(linear: str, conv: str, device: torch.device | str) -> None:
     """Quantize and run a small layer of each format on ``device``; QuantizationError if it cannot work."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
@@ -333,7 +340,7 @@ def probe(linear: str, conv: str, device) -> None:
         except Exception as e:
             raise QuantizationError(
                 f"{what} does not work on {device} with this bitsandbytes ({type(e).__name__}: {e}); "
-                "choose another format (int8 or none), or run on a device bitsandbytes supports"
+                f"choose another format ({_others(what, linear, conv)}), or run on a device bitsandbytes supports"
             ) from e
         err = float((y - want).norm() / want.norm().clamp_min(1e-12))
         if not math.isfinite(err) or err > 0.5:

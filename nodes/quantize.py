@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
 import comfy.lora
 import torch
@@ -17,7 +18,11 @@ from comfy_api.latest import io
 
 from ..zoodip import quant
 from . import ops
+from .common import check_links
 from .schema import Choice, legacy
+
+if TYPE_CHECKING:  # the host's class, for the hints only
+    from comfy.model_patcher import ModelPatcher
 
 log = logging.getLogger("zoodip")
 
@@ -74,6 +79,7 @@ class ZOODiPQuantizeModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, linear, conv, clip=None, quantize_clip=True) -> io.NodeOutput:
+        check_links(model=(model, "MODEL"), clip=(clip, "CLIP"))
         clip_linear = linear if (clip is not None and quantize_clip) else "none"
         # a format the device cannot run is refused before any work, with what to choose instead
         ops.probe(linear, conv, model.load_device)
@@ -139,17 +145,21 @@ def token_tables(root: torch.nn.Module) -> list[str]:
     return found
 
 
-def quantize_patcher(patcher, linear: str, conv: str, scope: str, tables: list[str] | tuple[str, ...] = ()):
+def quantize_patcher(patcher: ModelPatcher, linear: str, conv: str, scope: str, tables: list[str] | tuple[str, ...] = ()
+                     ) -> tuple[ModelPatcher, quant.QuantReport]:
     """A new ModelPatcher over a quantized copy of ``patcher.model``; ``patcher`` is not changed.
 
     Weight patches (LoRAs) on quantized layers are applied to the weights before quantizing; the
     other patches, object patches and model options carry over to the new patcher.
     """
     if patcher.hook_patches or patcher.weight_wrapper_patches:
-        keys = sorted(set(patcher.weight_wrapper_patches))
+        # the weights they patch: hook patches are {hook: {weight key: patches}}, wrappers {weight key: ...}
+        keys = sorted({*(k for per_hook in patcher.hook_patches.values() for k in per_hook),
+                       *patcher.weight_wrapper_patches})
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
         raise quant.QuantizationError(
-            "this model carries hook/weight-wrapper patches (" + ", ".join(keys[:3]) + "...): connect Quantize Model "
-            "before the nodes that add them"
+            f"this model carries hook/weight-wrapper patches ({shown}): connect Quantize Model before the nodes "
+            "that add them"
         )
     _offload(patcher)
     backup = patcher.backup  # weights the host replaced while a clone's patches are applied

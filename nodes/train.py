@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import comfy.model_management as mm
 import comfy.utils
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io
+from PIL import Image
 
 from ..zoodip.embedding import Embedding, check_vectors
 from ..zoodip.files import check_name
-from ..zoodip.settings import TrainSettings, check
+from ..zoodip.settings import SETTINGS, TrainSettings, check
+from ..zoodip.templates import parse_templates
 from ..zoodip.trainer import NonFiniteLossError, NothingLearnedError, check_state
 from . import host, training
-from .common import check_links, check_saves_before_training, save_snapshot, snapshot_name
+from .common import check_links, check_saves_before_training, save_snapshot, snapshot_name, temp_image
 from .schema import Embedding as EmbeddingType
 from .schema import Loss, Puts, Subspace, legacy, widget
 
@@ -101,8 +104,9 @@ class ZOODiPTrainToken(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, token_name, init_word, num_vectors, steps, learning_rate, queries,
-                perturbation, seed, puts=None, subspace=None, prompt_templates="", resume=None, two_sided=False,
-                held_out_every=0, save_every=0, preview_every=0, preview_prompt="a photo of {token}", query_batch=2
+                perturbation, seed, puts=None, subspace=None, prompt_templates=SETTINGS["prompt_templates"].default,
+                resume=None, two_sided=False, held_out_every=0, save_every=0, preview_every=0,
+                preview_prompt=SETTINGS["preview_prompt"].default, query_batch=SETTINGS["query_batch"].default
                 ) -> io.NodeOutput:
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         prompt = cls.hidden.prompt if cls.hidden is not None else None
@@ -111,8 +115,9 @@ class ZOODiPTrainToken(io.ComfyNode):
         settings = TrainSettings(
             token_name=token_name, init_word=init_word, num_vectors=num_vectors, steps=steps,
             learning_rate=learning_rate, queries=queries, perturbation=perturbation, seed=seed,
-            two_sided=two_sided, puts=puts, subspace=subspace, prompt_templates=prompt_templates or "",
-            query_batch=2 if query_batch is None else int(query_batch),
+            two_sided=two_sided, puts=puts, subspace=subspace,
+            prompt_templates=prompt_templates or SETTINGS["prompt_templates"].default,
+            query_batch=SETTINGS["query_batch"].default if query_batch is None else query_batch,
         )
         # every declared limit and no inf/nan, before any model work (the host checked the
         # numbers' ranges when the prompt was queued; an API client may still send nan)
@@ -124,7 +129,6 @@ class ZOODiPTrainToken(io.ComfyNode):
         )
         check_saves_before_training(prompt, unique_id, token_name)
         if resume is not None:
-            settings.validate()  # a bad setting is reported as such, not as a resume mismatch
             resume = check_resume(resume, settings, host.detect_family(model, clip))
         run = training.prepare(model, clip, vae, images, settings, resume=resume)
         start = run.trainer.step_count
@@ -145,8 +149,9 @@ class ZOODiPTrainToken(io.ComfyNode):
             if r.skipped:
                 log.warning("ZOODiP %s: step %d skipped: non-finite loss (%d skipped so far)",
                             token_name, r.step, run.trainer.skipped_steps)
-            if save_every and r.step % save_every == 0:
-                # before the Cancel check: a scheduled save is never lost to a Cancel
+            if save_every and r.step % save_every == 0 and training.learned_since(run, saved["step"]):
+                # before the Cancel check: a scheduled save is never lost to a Cancel. Only a token some
+                # step changed since the last save is written (an all-skipped stretch writes nothing).
                 try:
                     snapshot()
                     log.info("ZOODiP %s: step %d saved to %s", token_name, r.step, saved["path"])
@@ -161,7 +166,7 @@ class ZOODiPTrainToken(io.ComfyNode):
             mm.throw_exception_if_processing_interrupted()  # Cancel stops within one step
 
         previews: list[torch.Tensor] = []
-        preview = training.PreviewSettings(int(preview_every or 0), preview_prompt or "a photo of {token}")
+        preview = training.PreviewSettings(int(preview_every or 0), preview_prompt or SETTINGS["preview_prompt"].default)
 
         def on_preview(step: int) -> None:
             image = training.render_preview(run, vae, preview)
@@ -172,42 +177,53 @@ class ZOODiPTrainToken(io.ComfyNode):
             training.train(run, held_out_every=held_out_every, on_step=on_step,
                            preview_every=preview.every, on_preview=on_preview)
         except Exception as e:  # Cancel, non-finite losses, or anything else: keep what was learned
-            step = run.trainer.step_count
-            where = None
-            if training.learned_since(run, saved["step"]):
-                try:
-                    snapshot()
-                except Exception as save_error:  # never hide the original error behind this one
-                    log.error("ZOODiP: could not save the token learned so far: %s", save_error)
-            if not training.learned_since(run, saved["step"]) and saved["path"] is not None:
-                where = saved["path"]
-            what = "cancelled" if isinstance(e, mm.InterruptProcessingException) else "stopped by an error"
-            if where is not None:
-                name = snapshot_name(where)
-                log.warning(
-                    "ZOODiP %s: %s at step %d of %d; the token learned so far is in %s (Load Embedding: %s; "
-                    "connect it to resume to continue)", token_name, what, step, steps, where, name,
-                )
-                _progress_text(f"{what} at step {step}/{steps}: saved {name}", unique_id)
-                if isinstance(e, NonFiniteLossError):
-                    raise NonFiniteLossError(
-                        f"{e}. The last good token is saved as {name} (Load Embedding lists it)."
-                    ) from e
-            else:
-                log.warning("ZOODiP %s: %s at step %d of %d; no step changed the token since step %d, nothing to save",
-                            token_name, what, step, steps, start)
-                if isinstance(e, NonFiniteLossError) and not isinstance(e, NothingLearnedError):
-                    raise NonFiniteLossError(
-                        f"{e}. No step of this run changed the token, so nothing was saved (it is still "
-                        f"{'the resumed embedding' if resume is not None else 'init_word ' + repr(init_word)})."
-                    ) from e
+            _keep_what_was_learned(e, run, snapshot, saved, token_name, init_word, resume is not None, unique_id)
             raise
         emb = run.embedding()
         trained_clip = host.clip_with_embeddings(clip, {token_name: emb.vectors})
         if not previews:  # an IMAGE output must hold an image: a black one when previews are off
             return io.NodeOutput(trained_clip, emb, run.history, torch.zeros((1, 64, 64, 3)))
         result = (trained_clip, emb, run.history, torch.cat(previews))
-        return io.NodeOutput(*result, ui={"images": [_save_preview(p) for p in previews]})
+        return io.NodeOutput(*result, ui={"images": [temp_image(_to_pil(p), "zoodip_preview_") for p in previews]})
+
+
+def _keep_what_was_learned(error: Exception, run: training.Run, snapshot: Callable[[], None], saved: dict,
+                           token_name: str, init_word: str, resumed: bool, unique_id: str | None) -> None:
+    """After ``error`` stopped training: save the token if a step changed it since the last save, and say
+    where it is; a NonFiniteLossError is raised again with that added (the caller re-raises the others)."""
+    step, steps = run.trainer.step_count, run.settings.steps
+    save_error = None
+    if training.learned_since(run, saved["step"]):
+        try:
+            snapshot()
+        except Exception as err:  # never hide the original error behind this one
+            save_error = err
+    what = "cancelled" if isinstance(error, mm.InterruptProcessingException) else "stopped by an error"
+    again = type(error) if isinstance(error, NonFiniteLossError) else None
+    if save_error is not None:  # steps changed the token, but it could not be written
+        last = f"; the last saved token is {snapshot_name(saved['path'])}" if saved["path"] is not None else ""
+        text = f"could not save the token learned since step {saved['step']}: {save_error}{last}"
+        log.error("ZOODiP %s: %s at step %d of %d; %s", token_name, what, step, steps, text)
+        _progress_text(f"{what} at step {step}/{steps}: {text}", unique_id)
+        if again is not None:
+            raise again(f"{error}. {text[:1].upper()}{text[1:]}.") from error
+    elif saved["path"] is not None:  # saved now, or by save_every with nothing learned since
+        name = snapshot_name(saved["path"])
+        log.warning(
+            "ZOODiP %s: %s at step %d of %d; the token learned so far is in %s (Load Embedding: %s; "
+            "connect it to resume to continue)", token_name, what, step, steps, saved["path"], name,
+        )
+        _progress_text(f"{what} at step {step}/{steps}: saved {name}", unique_id)
+        if again is not None:
+            raise again(f"{error}. The last good token is saved as {name} (Load Embedding lists it).") from error
+    else:
+        log.warning("ZOODiP %s: %s at step %d of %d; no step changed the token since step %d, nothing to save",
+                    token_name, what, step, steps, saved["step"])
+        if again is not None and not isinstance(error, NothingLearnedError):
+            raise again(
+                f"{error}. No step of this run changed the token, so nothing was saved (it is still "
+                f"{'the resumed embedding' if resumed else 'init_word ' + repr(init_word)})."
+            ) from error
 
 
 # Settings a resumed run cannot change: the token would not fit.
@@ -229,7 +245,20 @@ def _current(settings: TrainSettings) -> dict:
     return json.loads(settings.to_metadata()["zoodip.settings"])
 
 
-def check_resume(resume: Embedding, settings: TrainSettings, family) -> Embedding:
+def _same(key: str, stored: Any, current: Any) -> bool:
+    if key == "prompt_templates":  # "" and the default text are the same templates
+        return _templates(stored) == _templates(current)
+    return stored == current
+
+
+def _templates(text: Any) -> Any:
+    try:
+        return parse_templates(text or "")
+    except (ValueError, TypeError, AttributeError):  # a damaged record compares as written
+        return text
+
+
+def check_resume(resume: Embedding, settings: TrainSettings, family: host.Family) -> Embedding:
     """Refuse a resume that cannot continue; return the embedding with a state the new run can load.
 
     Refused (ValueError): another model family, another num_vectors. Any other changed setting
@@ -270,7 +299,7 @@ def check_resume(resume: Embedding, settings: TrainSettings, family) -> Embeddin
             f"the training state of resume {resume.name!r} cannot be used: {e}. Load the embedding again with Load "
             "Embedding (a damaged state is then left out and training restarts from its vectors)"
         ) from None
-    changed = [k for k in _APPLIED if k in stored and stored[k] != current[k]]
+    changed = [k for k in _APPLIED if k in stored and not _same(k, stored[k], current[k])]
     if changed:
         log.warning(
             "ZOODiP: resuming %r with changed settings %s; the new values apply from step %s on (the result is not "
@@ -300,15 +329,5 @@ def _progress_text(text: str, node_id) -> None:
         pass
 
 
-def _to_pil(image: torch.Tensor):
-    from PIL import Image
-
+def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray((image[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
-
-
-def _save_preview(image: torch.Tensor) -> dict:
-    """A preview in the temp folder, the way PreviewImage shows images in a node."""
-    full, name, counter, sub, _ = folder_paths.get_save_image_path("zoodip_preview", folder_paths.get_temp_directory(), image.shape[2], image.shape[1])
-    file = f"{name}_{counter:05}_.png"
-    _to_pil(image).save(f"{full}/{file}")
-    return {"filename": file, "subfolder": sub, "type": "temp"}

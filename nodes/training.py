@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,10 +21,14 @@ from ..zoodip.loss import DenoisingLoss, held_out_loss
 from ..zoodip.optim import paper_adam
 from ..zoodip.projector import SubspaceProjector
 from ..zoodip.seeds import derive_seed
-from ..zoodip.settings import TrainSettings
+from ..zoodip.settings import SETTINGS, TrainSettings
 from ..zoodip.timesteps import PUTSSampler
 from ..zoodip.trainer import NothingLearnedError, StepResult, ZOTrainer
 from . import host
+
+if TYPE_CHECKING:  # the host's classes, for the hints only
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP, VAE
 
 log = logging.getLogger("zoodip")
 
@@ -72,9 +77,9 @@ class Run:
 
 
 def prepare(
-    model,
-    clip,
-    vae,
+    model: ModelPatcher,
+    clip: CLIP,
+    vae: VAE,
     images: torch.Tensor,
     settings: TrainSettings,
     resume: Embedding | None = None,
@@ -144,7 +149,7 @@ class PreviewSettings:
     """Every ``every`` steps, sample a small image with the current token (fixed seed)."""
 
     every: int
-    prompt: str = "a photo of {token}"
+    prompt: str = SETTINGS["preview_prompt"].default
     steps: int = 8
     cfg: float = 5.0
     seed: int = 0

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .files import atomic_write, write_together
+from .files import atomic_write, first_lines, write_together
 
 log = logging.getLogger("zoodip")
 
@@ -196,7 +196,7 @@ def _read_pickle(path: Path) -> dict:
             unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g != _PARAMETER_DICT]
         except Exception:  # not a zip checkpoint: no list to give
             unsafe = []
-        what = f"it needs {', '.join(unsafe)} to load, which could run code" if unsafe else _first_line(e)
+        what = f"it needs {', '.join(unsafe)} to load, which could run code" if unsafe else first_lines(e)
         raise ValueError(
             f"{path.name} could not be read safely (weights_only): {what}. Embeddings are read without running "
             "code in them: use a .safetensors version of this embedding"
@@ -204,11 +204,6 @@ def _read_pickle(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path.name} is not an embedding file (it holds a {type(obj).__name__}, not a dict of tensors)")
     return obj
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 # An embedding file holds one tensor per text encoder (and a few at most in other tools' formats);
@@ -238,7 +233,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise
     except Exception as e:  # the library's text names no file
         raise ValueError(
-            f"{path.name} is not a readable safetensors file ({_first_line(e)}): it is truncated or damaged; "
+            f"{path.name} is not a readable safetensors file ({first_lines(e)}): it is truncated or damaged; "
             "download or save it again"
         ) from e
 

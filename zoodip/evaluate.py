@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from .files import first_lines
 
 
 def to_pil(images: torch.Tensor, what: str = "images") -> list:
@@ -32,7 +36,8 @@ def _mean_pair_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b.T).mean())
 
 
-def load_open_clip(weights: Path, architecture: str, device: str = "cpu"):
+def load_open_clip(weights: Path, architecture: str, device: str = "cpu"
+                   ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor], Callable[..., torch.Tensor]]:
     """(model, preprocess, tokenizer) from a local weights file.
 
     A ``<weights stem>.json`` beside the file (open_clip's model-config format) defines a custom
@@ -60,16 +65,11 @@ def load_open_clip(weights: Path, architecture: str, device: str = "cpu"):
     except (RuntimeError, AssertionError, KeyError, ValueError) as e:
         # strict loading (keys or shapes that do not fit), or open_clip's own checks on the weights
         raise ValueError(
-            f"{weights.name} does not fit the open_clip architecture {architecture!r} ({_first_line(e)}): set "
+            f"{weights.name} does not fit the open_clip architecture {architecture!r} ({first_lines(e, 2, 300)}): set "
             f"clip_architecture to the file's architecture, or put its config as {config.name} beside it"
         ) from None
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(architecture)
-
-
-def _first_line(e: Exception) -> str:
-    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-    return "; ".join(lines[:2])[:300] if lines else type(e).__name__
 
 
 @torch.no_grad()
@@ -86,7 +86,7 @@ def clip_scores(model, preprocess, tokenizer, generated: list, references: list,
 _UNUSED_KEYS = ("head.", "fc_norm.", "mask_token")
 
 
-def load_dino(weights: Path, architecture: str, device: str = "cpu"):
+def load_dino(weights: Path, architecture: str, device: str = "cpu") -> torch.nn.Module:
     """A timm ViT (e.g. vit_base_patch14_dinov2) with the user's weights, read without pickles.
 
     Every weight of the architecture must come from the file (timm's own key conversion for the
@@ -104,14 +104,14 @@ def load_dino(weights: Path, architecture: str, device: str = "cpu"):
         else:
             sd = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{weights.name} could not be read as weights ({_first_line(e)}): it is damaged, or not a "
+        raise ValueError(f"{weights.name} could not be read as weights ({first_lines(e, 2, 300)}): it is damaged, or not a "
                          "weights file (pickles with code are never run)") from None
     if not isinstance(sd, dict):
         raise ValueError(f"{weights.name} holds a {type(sd).__name__}, not a dict of weights")
     try:
         model = timm.create_model(architecture, pretrained=False, num_classes=0)
     except RuntimeError as e:
-        raise ValueError(f"unknown timm architecture {architecture!r} ({_first_line(e)}): set dino_architecture to "
+        raise ValueError(f"unknown timm architecture {architecture!r} ({first_lines(e, 2, 300)}): set dino_architecture to "
                          "the file's, e.g. vit_base_patch14_dinov2") from None
     # the model's own timm module (already imported) has its key converter
     filter_fn = getattr(inspect.getmodule(type(model)), "checkpoint_filter_fn", None)
@@ -124,7 +124,7 @@ def load_dino(weights: Path, architecture: str, device: str = "cpu"):
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shapes that do not fit
         raise ValueError(
-            f"{weights.name} does not fit the timm architecture {architecture!r} ({_first_line(e)}): set "
+            f"{weights.name} does not fit the timm architecture {architecture!r} ({first_lines(e, 2, 300)}): set "
             "dino_architecture to the file's architecture"
         ) from None
     unexpected = [k for k in unexpected if not k.startswith(_UNUSED_KEYS)]

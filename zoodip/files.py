@@ -56,14 +56,14 @@ def _explain(target: Path, e: OSError) -> SaveError:
     """The OS error as a sentence about ``target`` (the OS names the temp file, users know the target)."""
     folder = target.parent
     if e.errno in _FULL:
-        advice = f"the disk holding {folder} is full: free some space, then queue the prompt again"
+        advice = f"the disk holding {folder} is full: free some space, then try again"
     elif e.errno in _DENIED:
         advice = (
             f"the folder {folder} is not writable (permissions, or a read-only disk): make it writable, "
             "or point ComfyUI's folder elsewhere (extra_model_paths.yaml)"
         )
     else:
-        advice = f"{e.strerror or e}: check the folder {folder}, then queue the prompt again"
+        advice = f"{e.strerror or e}: check the folder {folder}, then try again"
     return SaveError(f"could not write {target}: {advice}. Nothing was written.", e.errno)
 
 
@@ -93,7 +93,8 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
         os.link(tmp, path)  # fails if the name exists, even when another writer just took it
     except FileExistsError:
         raise _exists_error(path) from None
-    except OSError:  # file systems without hard links: best effort, still never clobbers
+    except OSError:  # file systems without hard links: best effort (a writer racing between the check and
+        # the rename can be replaced; os.rename replaces on POSIX)
         if path.exists():
             raise _exists_error(path) from None
         os.rename(tmp, path)
@@ -167,3 +168,10 @@ def inside(base: Path, path: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def first_lines(e: BaseException, lines: int = 1, limit: int = 200) -> str:
+    """The start of an exception's text for a message: its first ``lines`` non-empty lines, at most ``limit``
+    characters (a library's error can run to pages), or its type when it has no text."""
+    text = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return "; ".join(text[:lines])[:limit] if text else type(e).__name__

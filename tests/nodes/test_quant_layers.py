@@ -244,8 +244,11 @@ def test_tensor_of_supplies_the_values_and_baked_names_are_reported(quant):
 def test_probe_passes_on_cpu_and_names_the_format_when_a_device_cannot_run_it(quant):
     quant.probe("nf4", "int8", "cpu")
     quant.probe("int8", "nf4", "cpu")
-    with pytest.raises(quant.QuantizationError, match=r"Linear nf4 does not work on meta"):
+    with pytest.raises(quant.QuantizationError, match=r"Linear nf4 does not work on meta.*choose another format \(int8, fp4 or none\)"):
         quant.probe("nf4", "none", "meta")
+    # the format that failed is never the one suggested
+    with pytest.raises(quant.QuantizationError, match=r"Linear int8 does not work on meta.*choose another format \(nf4, fp4 or none\)"):
+        quant.probe("int8", "none", "meta")
 
 
 def _table(n: int = 300, d: int = 128, seed: int = 2) -> torch.nn.Embedding:

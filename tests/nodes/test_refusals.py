@@ -104,7 +104,7 @@ def test_save_on_a_full_disk_writes_neither_file_and_a_retry_works(host, clean_e
     assert calls == ["full.safetensors", "full.zoodip-state"]
     msg = str(e.value)
     assert msg.startswith(f"could not write {clean_embeddings / 'full.zoodip-state'}: the disk holding {clean_embeddings} is full")
-    assert "free some space, then queue the prompt again" in msg and "k3j2" not in msg
+    assert "free some space, then try again" in msg and "k3j2" not in msg
     assert files_under(clean_embeddings) == set()
     monkeypatch.setattr(files, "_write_temp", real)
     save.save(emb, "", False)  # not refused as "already exists"
@@ -318,8 +318,6 @@ def test_dino_weights_of_another_architecture_are_refused(host):
     # the right shapes under keys that match nothing, and a file for another architecture
     save_file({f"backbone.{k}": v.contiguous() for k, v in small.state_dict().items()}, str(folder / "renamed.safetensors"))
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(folder / "tiny.safetensors"))
-    ev = _nodes()["ZOODiPEvaluate"]()
-    images = torch.rand(1, 64, 64, 3)
     ev_mod = host.pack_module.zoodip.evaluate
     with pytest.raises(ValueError) as e:
         ev_mod.load_dino(folder / "renamed.safetensors", "vit_tiny_patch16_224")
@@ -330,7 +328,6 @@ def test_dino_weights_of_another_architecture_are_refused(host):
         ev_mod.load_dino(folder / "tiny.safetensors", "vit_small_patch16_224")
     with pytest.raises(ValueError, match="unknown timm architecture 'no_such_vit'"):
         ev_mod.load_dino(folder / "tiny.safetensors", "no_such_vit")
-    del ev, images
 
 
 def test_open_clip_weights_of_another_architecture_are_refused(host):
@@ -389,8 +386,8 @@ def test_sixteen_bit_grey_photo_reads_at_half_brightness(host):
     ("5", "images", "photos/", "images: got a str, not an IMAGE"),
     ("5", "puts", "500-900", "puts: got str '500-900', not a ZOODIP_PUTS: connect the output of PUTS Sampler Config"),
     ("5", "subspace", 128, "subspace: got int 128, not a ZOODIP_SUBSPACE"),
-    ("5", "resume", "my-dog.safetensors", "resume: got str 'my-dog.safetensors', not a EMBEDDING"),
-    ("9", "embedding", "tok", "embedding: got str 'tok', not a EMBEDDING"),
+    ("5", "resume", "my-dog.safetensors", "resume: got str 'my-dog.safetensors', not an EMBEDDING"),
+    ("9", "embedding", "tok", "embedding: got str 'tok', not an EMBEDDING"),
 ])
 def test_a_literal_where_a_link_belongs_is_refused_with_what_to_connect(host, tiny_ckpt, photos, clean_embeddings,
                                                                         node, inp, value, words):
@@ -405,6 +402,20 @@ def test_a_literal_where_a_link_belongs_is_refused_with_what_to_connect(host, ti
     if node == "5":
         assert not [e for e in r.events("progress") if e.get("node") == "5"]  # refused before training
     assert files_under(clean_embeddings) == set()
+
+
+def test_quantize_and_evaluate_refuse_literals(host, loaded):
+    model, clip, _ = loaded
+    with pytest.raises(ValueError, match="model: got str 'sd15.safetensors', not a MODEL: connect the output of your "
+                                         "checkpoint loader"):
+        _nodes()["ZOODiPQuantizeModel"]().quantize("sd15.safetensors", "int8", "int8")
+    with pytest.raises(ValueError, match="clip: got int 7, not a CLIP"):
+        _nodes()["ZOODiPQuantizeModel"]().quantize(model, "int8", "int8", clip=7)
+    photo = torch.rand(1, 64, 64, 3)
+    with pytest.raises(ValueError, match="images: got a str, not an IMAGE: connect an image output"):
+        _nodes()["ZOODiPEvaluate"]().evaluate("out.png", photo, "a dog", "none", "ViT-B-32")
+    with pytest.raises(ValueError, match="references: the batch is empty"):
+        _nodes()["ZOODiPEvaluate"]().evaluate(photo, photo[:0], "a dog", "none", "ViT-B-32")
 
 
 def test_loss_graph_and_apply_refuse_literals(host, loaded):
@@ -427,11 +438,17 @@ def test_a_file_name_that_cannot_be_a_prompt_word_asks_for_a_name(host, loaded, 
     assert files_under(clean_embeddings) == {"My Dog.safetensors"}
 
 
-@pytest.mark.parametrize("node,inputs", [
-    ("ZOODiPLoadEmbedding", {"embedding_name": "../checkpoints/zoodip-tiny-sd15.safetensors"}),
-    ("ZOODiPLoadImages", {"folder": "../models", "resolution": 64}),
+@pytest.mark.parametrize("node,inputs,bad", [
+    ("ZOODiPLoadEmbedding", {"embedding_name": "../checkpoints/zoodip-tiny-sd15.safetensors"}, "embedding_name"),
+    ("ZOODiPLoadImages", {"folder": "../models", "resolution": 64}, "folder"),
+    ("ZOODiPEvaluate", {"images": ["2", 0], "references": ["2", 0], "prompt": "a dog", "clip_architecture": "ViT-B-32",
+                        "clip_model": "../checkpoints/zoodip-tiny-sd15.safetensors"}, "clip_model"),
 ])
-def test_paths_out_of_the_folders_are_refused_when_queued(host, tiny_ckpt, node, inputs):
-    errors = host.validate({"1": {"class_type": node, "inputs": inputs},
-                            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}})
+def test_paths_out_of_the_folders_are_refused_when_queued(host, tiny_ckpt, node, inputs, bad):
+    prompt = {"1": {"class_type": node, "inputs": inputs},
+              "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+              "3": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    errors = host.validate(prompt)
     assert errors and not [e for e in errors if e.get("type") == "execution_error"]
+    # refused for the path, on that one input, not for anything else in the prompt
+    assert {(e["node_id"], (e.get("extra_info") or {}).get("input_name")) for e in errors} == {("1", bad)}, errors
