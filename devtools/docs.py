@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only report the files that are out of date")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     from devtools.host import HeadlessHost
 
     with HeadlessHost() as host:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .settings import SETTINGS, check
+
 log = logging.getLogger("zoodip")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -105,13 +107,12 @@ def read_photo(path: Path, resolution: int) -> np.ndarray:
         return square_resize(to_rgb_array(im), resolution)
 
 
-def load_folder(folder: Path, resolution: int = 512) -> tuple[torch.Tensor, list[str]]:
+def load_folder(folder: Path, resolution: int = SETTINGS["resolution"].default) -> tuple[torch.Tensor, list[str]]:
     """Every readable image in ``folder`` (sorted by name, not recursive) as float 0..1 BHWC.
 
     Non-images and unreadable files are skipped with a warning; an empty result is an error.
     """
-    if resolution < MIN_SIDE or resolution % 8:
-        raise ValueError(f"resolution must be a multiple of 8 and at least {MIN_SIDE}, got {resolution}")
+    resolution = check("resolution", resolution)  # the declared limit and its one message
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")

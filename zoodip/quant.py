@@ -31,9 +31,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import ModuleType
+from typing import Any, Protocol
 
 import torch
+
+# bitsandbytes' QuantState (bitsandbytes is optional: imported only when a 4-bit format is used)
+QuantState = Any
 
 LINEAR_FORMATS = ("int8", "nf4", "fp4", "none")
 CONV_FORMATS = ("int8", "nf4", "none")
@@ -50,7 +54,7 @@ class QuantizationError(ValueError):
     """A model, layer or device that cannot be quantized as asked; the message says what to do."""
 
 
-def bitsandbytes():
+def bitsandbytes() -> ModuleType:
     """The bitsandbytes module, or a QuantizationError that says how to install it."""
     try:
         import bitsandbytes as bnb
@@ -98,14 +102,14 @@ def dequantize_int8_channels(q: torch.Tensor, scale: torch.Tensor, dtype: torch.
 
 # --- 4-bit (bitsandbytes blocks) ---
 
-def quantize_4bit(w2d: torch.Tensor, fmt: str, work: torch.device):
+def quantize_4bit(w2d: torch.Tensor, fmt: str, work: torch.device) -> tuple[torch.Tensor, QuantState]:
     """``(packed, quant_state)`` of a 2-D weight in bitsandbytes' 4-bit blocks, computed on ``work``."""
     src = w2d if w2d.dtype in (torch.float32, torch.float16, torch.bfloat16) else w2d.float()
     return bitsandbytes().functional.quantize_4bit(src.to(work).contiguous(), blocksize=BLOCKSIZE_4BIT,
                                                    compress_statistics=True, quant_type=fmt)
 
 
-def quant_state_on(qs, device: torch.device):
+def quant_state_on(qs: QuantState, device: torch.device) -> QuantState:
     """The quant state with its tensors on ``device``: itself, or a moved copy (never mutated)."""
     if qs.absmax.device == device:
         return qs
@@ -114,7 +118,7 @@ def quant_state_on(qs, device: torch.device):
     return qs
 
 
-def dequantize_4bit(packed: torch.Tensor, qs, dtype, device) -> torch.Tensor:
+def dequantize_4bit(packed: torch.Tensor, qs: QuantState, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     bnb = bitsandbytes()
     w = bnb.functional.dequantize_4bit(on(packed, device), quant_state_on(qs, device))
     return w.to(dtype)
@@ -275,7 +279,7 @@ def _tensor_bytes(tensors) -> int:
     return total
 
 
-def quant_state_tensors(qs) -> list[torch.Tensor]:
+def quant_state_tensors(qs: QuantState | None) -> list[torch.Tensor]:
     out = []
     while qs is not None:
         out += [t for t in (getattr(qs, "absmax", None), getattr(qs, "code", None), getattr(qs, "offset", None))

@@ -62,13 +62,3 @@ def test_relative_links_resolve(page):
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(target)
     assert not broken, f"{page.name}: links to nothing: {broken}"
-
-
-def test_the_fidelity_report_carries_its_warning_until_re_measured():
-    """The old fidelity figures were judged by a classifier that learned "purple means cross"
-    (issue 15); while they are shown, a warning above them says so."""
-    text = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
-    section = text.split("## Fidelity", 1)[1]
-    if "58% ± 34%" in section or "13 of the 15 previews" in section:  # the old judge's figures
-        head = section[:1500]
-        assert "Warning" in head and "re-measured" in head
