@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the pack as the host loaded it, first-order TI, result files,
-log lines.
+log lines, the machine's description.
 
 The benchmarks run as modules from the repository root (``python -m benchmarks.speed``), so none
 of them touches sys.path; ``benchmarks.toymodel`` and this module import no benchmark script.
@@ -7,13 +7,16 @@ of them touches sys.path; ``benchmarks.toymodel`` and this module import no benc
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import platform
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,6 +69,36 @@ def write_json(out: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, out)
 
 
-def say(msg: str) -> None:
-    """A progress line with the time (stdout, flushed)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def say(msg: str, stream: TextIO | None = None) -> None:
+    """A progress line with the time (stdout unless ``stream``, flushed)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stdout if stream is None else stream, flush=True)
+
+
+def machine_info(session: Any, device: str) -> dict[str, Any]:
+    """The machine a result was measured on: device, torch, CPU, the host's version."""
+    import torch
+
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(Exception):
+        ns: dict[str, Any] = {}
+        exec((Path(session.host_root) / "comfyui_version.py").read_text(), ns)  # the host's version string
+        info["comfyui"] = ns.get("__version__")
+    return info
+

@@ -51,8 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, FirstOrderTI, pack, write_json
-from benchmarks.speed import machine_info
+from benchmarks._common import ROOT, FirstOrderTI, machine_info, pack, write_json
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "convergence.json"
 TEMPLATE = "a photo of a {token}"

@@ -57,6 +57,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _common
 from benchmarks._common import ROOT, FirstOrderTI, pack
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "memory.json"
@@ -385,7 +386,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    _common.say(msg, sys.stderr)  # stderr: stdout carries the table
 
 
 def main(argv: list[str] | None = None) -> int:

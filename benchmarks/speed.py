@@ -29,7 +29,6 @@ import datetime as _dt
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, FirstOrderTI, pack, write_json
+from benchmarks._common import ROOT, FirstOrderTI, machine_info, pack, write_json
 
 # px: image side; repeats: timed rounds; photos: reference images (how many does not change a
 # step's cost, only the one-off VAE encoding); warmup: every case once ("all"), or "peak": the
@@ -361,34 +360,6 @@ def summarize(size: str, info: dict[str, Any], cases: list[Case]) -> dict[str, A
 
 
 # --- report ----------------------------------------------------------------------------------
-
-def machine_info(session, device: str) -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, Any] = {
-        "device": device,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda_available": torch.cuda.is_available(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-    }
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    with contextlib.suppress(Exception):
-        ns: dict[str, Any] = {}
-        exec((Path(session.host_root) / "comfyui_version.py").read_text(), ns)  # the host's version string
-        info["comfyui"] = ns.get("__version__")
-    return info
-
 
 def _kernel_share(cases: dict[str, Any], names: list[str]) -> float:
     kernel = sum(sum(cases[x]["cpu"]["kernel_seconds"]) for x in names)

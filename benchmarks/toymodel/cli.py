@@ -6,14 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmarks._common import say as _say
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 HELD_OUT_HELP = ("COLOUR,SHAPE: the concept no caption names (its colour and its shape); default purple,cross; "
                  "part of the toy model's cache key")
-
-
-from benchmarks._common import say as _say  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

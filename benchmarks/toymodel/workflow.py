@@ -116,14 +116,15 @@ def run(host: Any, ckpt: Path, out: Path | None, grid_path: Path | None, steps: 
     clf = classifier.cached(vae, **check.CLASSIFIER["full"])
     every = int(train["preview_every"])
     named = [check.judged(clf, previews[i : i + 1], held_out) for i in range(previews.shape[0])]
+    judged = check.judged(clf, final, held_out)
     result = {
         **described, "held_out": " ".join(held_out), "steps": int(train["steps"]), "init_word": train["init_word"],
         "preview_steps": [every * (i + 1) for i in range(previews.shape[0])],
         "preview_is_concept": [bool(x["accuracy"]) for x in named],
         "preview_colour_right": [bool(x["colour_accuracy"]) for x in named],
         "preview_shape_right": [bool(x["shape_accuracy"]) for x in named],
-        "final": check.judged(clf, final, held_out),
-        "final_accuracy": check.judged(clf, final, held_out)["accuracy"],
+        "final": judged,
+        "final_accuracy": judged["accuracy"],
         "final_images": int(final.shape[0]),
         "seconds": round(time.perf_counter() - t0, 1),
     }
