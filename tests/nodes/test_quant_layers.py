@@ -251,6 +251,18 @@ def test_probe_passes_on_cpu_and_names_the_format_when_a_device_cannot_run_it(qu
         quant.probe("int8", "none", "meta")
 
 
+def test_a_model_with_hook_or_wrapper_patches_is_refused_naming_the_patched_weights(host, quant):
+    quantize = importlib.import_module(f"{host.pack_module.__name__}.nodes.quantize")
+    # refused before anything of the patcher is used: only its two patch lists are read
+    hooks_only = SimpleNamespace(hook_patches={object(): {"b.weight": [], "a.weight": []}}, weight_wrapper_patches={})
+    with pytest.raises(quant.QuantizationError, match=r"hook/weight-wrapper patches \(a\.weight, b\.weight\): connect"):
+        quantize.quantize_patcher(hooks_only, "int8", "int8", scope="")
+    both = SimpleNamespace(hook_patches={object(): {"a.weight": [], "b.weight": []}},
+                           weight_wrapper_patches={"c.weight": [], "d.weight": []})
+    with pytest.raises(quant.QuantizationError, match=r"patches \(a\.weight, b\.weight, c\.weight, \.\.\.\): connect"):
+        quantize.quantize_patcher(both, "int8", "int8", scope="")
+
+
 def _table(n: int = 300, d: int = 128, seed: int = 2) -> torch.nn.Embedding:
     emb = torch.nn.Embedding(n, d)
     with torch.no_grad():
