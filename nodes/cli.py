@@ -85,7 +85,6 @@ def train(opts: argparse.Namespace, target: Path, say: Callable[..., None]) -> i
     raise ValueError."""
     if embedding_path(opts.token) != target:  # the node's own rule must agree
         raise ValueError(f"internal: the pack would save to {embedding_path(opts.token)}, not {target}")
-    train_settings(opts).validate()  # a bad setting is reported as such before any file is read
     images, names = load_folder(opts.images, opts.resolution)
     say(f"photos: {len(names)} from {opts.images} ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})")
     ckpt = checkpoint_name(opts.checkpoint)
@@ -94,7 +93,7 @@ def train(opts: argparse.Namespace, target: Path, say: Callable[..., None]) -> i
     family = host.detect_family(model, clip)
     # the options left out whose paper value depends on the family (mu, PUTS) take this family's
     settings = train_settings(opts, family.name)
-    settings.validate()
+    settings.validate()  # once, before the resume check (the runner's check_options ran before the host started)
     by_family = family_defaults(opts)
     if by_family:
         say(f"{family.name}: {', '.join(by_family)} at the paper's values for this family")
