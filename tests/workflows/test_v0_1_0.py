@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.demo import shrink
+from devtools.demo import CKPT, shrink
 from devtools.host import load_api_workflow
 from devtools.workflows import ui_to_api
 
@@ -99,7 +99,7 @@ def test_0_1_0_workflow_runs_with_its_values(host):
     _install(host, api)
     from devtools.assets import cached_sd15_checkpoint, make_photos
 
-    ckpt = host.model_dir("checkpoints") / "zoodip-tiny-sd15.safetensors"
+    ckpt = host.model_dir("checkpoints") / CKPT  # the name shrink() loads (the demo's), so the test runs alone too
     if not ckpt.exists():
         ckpt.symlink_to(cached_sd15_checkpoint("tiny", seed=0))
     if not (host.input_dir / "demo-photos").exists():
