@@ -535,15 +535,25 @@ def _curve(rs: list[dict[str, Any]]) -> list[dict[str, float]]:
     for r in rs:
         for c in r.get("curve", []):
             points.setdefault(c["forward_equivalents"], []).append(c)
-    return [
-        {
+    out = []
+    for f, cs in sorted(points.items()):
+        point = {
             "forward_equivalents": f,
             "accuracy_mean": statistics.fmean(c["accuracy"] for c in cs),
             "held_out_loss_mean": statistics.fmean(c["held_out_loss"] for c in cs),
             "seeds": len(cs),
         }
-        for f, cs in sorted(points.items())
-    ]
+        for part in ("colour", "shape"):
+            if all(f"{part}_accuracy" in c for c in cs):
+                point[f"{part}_accuracy_mean"] = statistics.fmean(c[f"{part}_accuracy"] for c in cs)
+        out.append(point)
+    return out
+
+
+def _cell(c: dict[str, Any]) -> str:
+    """One judged point: both right, and colour / shape right apart when the judge gave them."""
+    parts = f" ({c['colour_accuracy_mean']:.0%} / {c['shape_accuracy_mean']:.0%})" if "shape_accuracy_mean" in c else ""
+    return f"{c['accuracy_mean']:.0%}{parts}, {c['held_out_loss_mean']:.4f}"
 
 
 def _pct(x: float | None) -> str:
@@ -607,10 +617,10 @@ def table(result: dict[str, Any]) -> str:
     curves = {m: {c["forward_equivalents"]: c for c in v.get("curve", [])} for m, v in summary.items()}
     points = sorted({f for c in curves.values() for f in c})
     if len(points) > 1:
-        lines += ["", "Along the budget: judge, both right (held-out loss), mean over seeds", ""]
+        lines += ["", "Along the budget: judge, both right (colour right / shape right), held-out loss; mean over seeds", ""]
         lines += ["| method | " + " | ".join(f"{f} fwd" for f in points) + " |", "|---" * (len(points) + 1) + "|"]
         for m, c in curves.items():
-            cells = [f"{c[f]['accuracy_mean']:.0%} ({c[f]['held_out_loss_mean']:.4f})" if f in c else "" for f in points]
+            cells = [_cell(c[f]) if f in c else "" for f in points]
             lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
     if any("clip_i_mean" in v for v in summary.values()):
         lines += [
