@@ -455,6 +455,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         acc = [r["accuracy"] for r in rs]
         loss = [r["held_out_loss"] for r in rs]
         out[m] = {
+            "seeds": len(rs),
             "accuracy_mean": statistics.fmean(acc),
             "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "held_out_loss_mean": statistics.fmean(loss),
@@ -562,7 +563,7 @@ def _pct(x: float | None) -> str:
 
 def _row(label: str, s: dict[str, Any]) -> str:
     return (
-        f"| {label} | {','.join(map(str, s['steps']))} | {','.join(map(str, s['forward_equivalents']))} | "
+        f"| {label} | {s.get('seeds', '')} | {','.join(map(str, s['steps']))} | {','.join(map(str, s['forward_equivalents']))} | "
         f"{s['accuracy_mean']:.0%} ± {s['accuracy_sd']:.0%} | {_pct(s.get('colour_accuracy_mean'))} | "
         f"{_pct(s.get('shape_accuracy_mean'))} | {s['held_out_loss_mean']:.4f} ± {s['held_out_loss_sd']:.4f} | "
         f"{s['loss_gap_vs_words']:+.4f} | {s['loss_gap_vs_wrong']:+.4f} | {_cpu(s)} | {_reach(s)} |"
@@ -583,10 +584,10 @@ def _reach(s: dict[str, Any]) -> str:
 def table(result: dict[str, Any]) -> str:
     b = result["baselines"]
     head = [
-        "| {} | steps | forward equivalents | judge: both right (mean ± sd) | colour right | shape right | "
+        "| {} | seeds | steps | forward equivalents | judge: both right (mean ± sd) | colour right | shape right | "
         "held-out loss (mean ± sd) | loss vs concept words | loss vs wrong caption | train CPU s | "
         "CPU s to TI's final accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines = [
         f'Held-out concept: {result["concept"]}; token initialized from "{result["init_word"]}"; '
@@ -602,6 +603,9 @@ def table(result: dict[str, Any]) -> str:
         lines += ["", head[0].format("method"), head[1]]
         lines += [_row(LABELS.get(m, m), summary[m]) for m in methods]
     for name, param in ablations.items():
+        keys = [ablation_key(param, v) for v in ABLATIONS[name][1]]
+        if not [k for k in keys if k in summary and k != "zoodip"]:  # only the default ran (a stopped run)
+            continue
         lines += [
             "",
             f"Ablation: {name} (ZOODiP, {param} varied; others as in the main table)",
