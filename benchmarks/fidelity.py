@@ -248,7 +248,7 @@ def run(
         "init_word": init_word,
         "samples_per_judgement": cfg["samples"],
         "concept": " ".join(held_out),
-        "ablations": {parse_ablation(a)[0]: ABLATIONS[parse_ablation(a)[0]][0] for a in ablations},
+        "ablations": {name: ABLATIONS[name][0] for name in (parse_ablation(a)[0] for a in ablations)},
         "variants": {k: c for k, c in groups},
         "clip_text": "a photo of a " + " ".join(held_out) if clip_model else None,
         "runs": [],
