@@ -193,7 +193,7 @@ def train_unet(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (k + 1) % 50 == 0 or k + 1 == steps:
             el = time.perf_counter() - t0
             say(f"step {k + 1}/{steps}: loss {np.mean(losses[-50:]):.4f}  lr {lr:.2e}  {el:.0f}s")
