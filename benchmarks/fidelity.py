@@ -581,6 +581,17 @@ def _reach(s: dict[str, Any]) -> str:
     return "not reached" if t is None else f"{t:.0f} ({x:.2f}x TI)" if x else f"{t:.0f}"
 
 
+def measured_ablations(result: dict[str, Any]) -> dict[str, str]:
+    """The result's ablations (name -> engine setting) with a run besides the default: a run stopped
+    before its ablation values (or merged from such runs) names ablations it never measured."""
+    summary = result["summary"]
+    return {
+        name: param
+        for name, param in (result.get("ablations") or {}).items()
+        if any(ablation_key(param, v) in summary and ablation_key(param, v) != "zoodip" for v in ABLATIONS[name][1])
+    }
+
+
 def table(result: dict[str, Any]) -> str:
     b = result["baselines"]
     head = [
@@ -597,15 +608,12 @@ def table(result: dict[str, Any]) -> str:
         f"{result.get('weights_sha256', 'not recorded')}.",
     ]
     summary = result["summary"]
-    ablations = result.get("ablations") or {}
+    ablations = measured_ablations(result)
     methods = [m for m in summary if m in METHODS]
     if not ablations or set(methods) - {"zoodip"}:  # a merged result may hold methods and ablations
         lines += ["", head[0].format("method"), head[1]]
         lines += [_row(LABELS.get(m, m), summary[m]) for m in methods]
     for name, param in ablations.items():
-        keys = [ablation_key(param, v) for v in ABLATIONS[name][1]]
-        if not [k for k in keys if k in summary and k != "zoodip"]:  # only the default ran (a stopped run)
-            continue
         lines += [
             "",
             f"Ablation: {name} (ZOODiP, {param} varied; others as in the main table)",
@@ -651,7 +659,7 @@ def plot_ablations(result: dict[str, Any], path: Path) -> Path:
     """One panel per ablation: classifier accuracy per value (bar: mean, whisker: ± sd, dots: seeds)."""
     from PIL import Image, ImageDraw
 
-    ablations = result["ablations"]
+    ablations = measured_ablations(result)
     summary = result["summary"]
     pw, ph, pad = 260, 200, 34
     img = Image.new("RGB", (pw * max(1, len(ablations)), ph + 2 * pad), "white")
@@ -739,7 +747,7 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
 def draw(result: dict[str, Any], out: Path) -> None:
     """The tables and plots of a result (``out``: its JSON path); the sample grid needs a run."""
     out.with_suffix(".md").write_text(table(result) + "\n")
-    if result.get("ablations"):
+    if measured_ablations(result):
         plot_ablations(result, out.with_suffix(".png"))
     if any(v.get("curve") for v in result["summary"].values()):
         plot_curves(result, out.with_name(out.stem + "_curve.png"))

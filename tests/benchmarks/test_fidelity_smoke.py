@@ -191,3 +191,20 @@ def test_merge_refuses_results_that_measure_different_things():
         f.merge([a, _result([_run("zoodip", 0, [0.5] * 4, 1.0)], budget=600)])
     with pytest.raises(ValueError, match="more than one result"):
         f.merge([a, _result([_run("ti", 0, [0.5] * 4, 1.0)])])
+
+
+def test_an_ablation_stopped_before_its_values_gets_no_table_or_panel(tmp_path):
+    from benchmarks import fidelity as f
+
+    stopped = _result([_run("ti", 0, [0.5] * 4, 1.0), _run("zoodip", 0, [0.5] * 4, 1.0)])
+    stopped.update(ablations={"n": "queries"}, seeds=[0])  # queued n=4, stopped before it ran
+    stopped["baselines"]["init_word"] = stopped["baselines"]["concept_words"]  # the curve plot starts there
+    stopped["summary"] = f.summarize(stopped)
+    assert f.measured_ablations(stopped) == {}
+    assert "Ablation: n" not in f.table(stopped)
+    f.draw(stopped, tmp_path / "fidelity.json")
+    assert not (tmp_path / "fidelity.png").exists() and (tmp_path / "fidelity_curve.png").exists()
+    ran = _result(stopped["runs"] + [dict(_run("zoodip", 0, [0.6] * 4, 1.0), variant="queries=4")])
+    ran.update(ablations={"n": "queries"}, seeds=[0])
+    ran["summary"] = f.summarize(ran)
+    assert f.measured_ablations(ran) == {"n": "queries"} and "Ablation: n" in f.table(ran)
