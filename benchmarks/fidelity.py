@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import ROOT, FirstOrderTI, pack, say, write_json
+from benchmarks.toymodel import cli as toy_cli
 
 METHODS = ("zoodip", "vanilla", "ti", "sg", "puts", "ti_steps")  # the headline comparison first
 DEFAULT_METHODS = METHODS[:-1]  # ti_steps (3x TI's compute) only on request
@@ -222,6 +223,8 @@ def run(
     clip_model: Path | None = None,
     clip_architecture: str = "ViT-B-32",
     held_out: tuple[str, str] = ("purple", "cross"),
+    toy_steps: int | None = None,
+    ti_lr: float = TI_LR,
 ) -> dict[str, Any]:
     import torch
 
@@ -241,7 +244,7 @@ def run(
         "budget_forwards": budget,
         "seeds": seeds,
         "zo": ZO,
-        "ti_lr": TI_LR,
+        "ti_lr": ti_lr,
         "ti_cost_forwards": TI_COST,
         "templates": TEMPLATES.split("\n"),
         "prompt": PROMPT,
@@ -257,7 +260,7 @@ def run(
     if clip_model is not None and not Path(clip_model).is_file():
         raise ValueError(f"--clip-model {clip_model} is not a file: give an open_clip weights file (e.g. ViT-B-32)")
     with HeadlessHost() as session:
-        ckpt = model.cached(size, say=say, held_out=",".join(held_out))  # in the host: a first build needs comfy
+        ckpt = model.cached(size, say=say, held_out=",".join(held_out), steps=toy_steps)  # in the host: a first build needs comfy
         result.update(model.describe(ckpt))
         pk = pack(session, "nodes.host", "nodes.training", "zoodip.loss", "zoodip.settings", "zoodip.seeds", "zoodip.timesteps")
         host, training, S = pk["nodes.host"], pk["nodes.training"], pk["zoodip.settings"]
@@ -359,7 +362,7 @@ def run(
                         theta = r.trainer.theta.detach().clone()
                         history = list(r.history.loss)
                     else:
-                        ti = FirstOrderTI(r.loss_fn, r.trainer.theta.detach().clone(), derive_seed, seed=seed, lr=TI_LR)
+                        ti = FirstOrderTI(r.loss_fn, r.trainer.theta.detach().clone(), derive_seed, seed=seed, lr=ti_lr)
                         history = []
                         segment = every or steps[key]  # one sampling session per stretch between checkpoints
                         while len(history) < steps[key]:
@@ -767,8 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         "name=v1/v2 runs only those values (e.g. n=4,lr=0.0025)"
     )
     p.add_argument("--init-word", default=INIT_WORD, help="the token's starting word (one CLIP token)")
-    p.add_argument("--held-out", default="purple,cross",
-                   help="COLOUR,SHAPE: the toy model's held-out concept, the one the token learns (part of the toy's cache key)")
+    toy_cli.add_toy_arguments(p)
+    p.add_argument("--ti-lr", type=float, default=TI_LR, help="first-order TI's Adam learning rate")
     p.add_argument("--clip-model", default=None, help="an open_clip weights file: adds CLIP-I/CLIP-T through Evaluate Token")
     p.add_argument(
         "--clip-architecture", default="ViT-B-32", help="its open_clip architecture (a <file>.json beside it overrides)"
@@ -823,10 +826,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
     from benchmarks.toymodel import data
 
-    try:
-        held_out = data.parse_held_out(a.held_out)
-    except ValueError as e:
-        p.error(str(e))
+    toy = toy_cli.toy_overrides(p, a)
+    held_out = data.parse_held_out(toy["held_out"] or ",".join(data.HELD_OUT))
+    if not a.ti_lr > 0:
+        p.error(f"--ti-lr must be > 0, got {a.ti_lr}")
 
     try:
         result = run(
@@ -841,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
             clip_model=Path(a.clip_model) if a.clip_model else None,
             clip_architecture=a.clip_architecture,
             held_out=held_out,
+            toy_steps=toy["steps"],
+            ti_lr=a.ti_lr,
         )
     except ValueError as e:
         p.error(str(e))

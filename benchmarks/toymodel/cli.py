@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from benchmarks._common import say as _say
 
@@ -15,12 +16,34 @@ HELD_OUT_HELP = ("COLOUR,SHAPE: the concept no caption names (its colour and its
                  "part of the toy model's cache key")
 
 
+def add_toy_arguments(p: argparse.ArgumentParser) -> None:
+    """The toy model's settings a command may change (each is part of its cache key); one place for
+    the build, the check, the workflow run and benchmarks/fidelity.py."""
+    p.add_argument("--held-out", default=None, help=HELD_OUT_HELP)
+    p.add_argument("--toy-steps", type=int, default=None,
+                   help="the toy model's training steps (default: its size's, in benchmarks/toymodel/model.py SIZES); "
+                   "part of its cache key")
+
+
+def toy_overrides(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[str, Any]:
+    """The settings add_toy_arguments read, checked (a parser error before any work), for model.cached()."""
+    from . import data
+
+    try:
+        held_out = data.parse_held_out(a.held_out) if a.held_out else None
+    except ValueError as e:
+        p.error(str(e))
+    if a.toy_steps is not None and a.toy_steps < 1:
+        p.error(f"--toy-steps must be >= 1, got {a.toy_steps}")
+    return {"held_out": ",".join(held_out) if held_out else None, "steps": a.toy_steps}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.toymodel", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train the toy model (cached; ~15 min for full on one CPU thread)")
     b.add_argument("--size", choices=("full", "smoke"), default="full")
-    b.add_argument("--held-out", default=None, help=HELD_OUT_HELP)
+    add_toy_arguments(b)
     b.add_argument("--threads", type=int, default=None,
                    help="torch threads the build runs with (a setting, part of the cache key: weights depend on it); "
                    "default: the size's (full 2, smoke 1)")
@@ -32,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     c = sub.add_parser("check", help="sample every caption with the host and classify the images")
     c.add_argument("--size", choices=("full", "smoke"), default="full")
-    c.add_argument("--held-out", default=None, help=HELD_OUT_HELP)
+    add_toy_arguments(c)
     c.add_argument("--samples", type=int, default=16, help="images per caption")
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 4)")
@@ -45,19 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "judge.json"))
     w = sub.add_parser("workflow", help="queue the shipped toy workflow headless; classify its previews and samples")
     w.add_argument("--size", choices=("full", "smoke"), default="full")
-    w.add_argument("--held-out", default=None, help=HELD_OUT_HELP)
+    add_toy_arguments(w)
     w.add_argument("--steps", type=int, default=None, help="training steps (default: the workflow's)")
     w.add_argument("--threads", type=int, default=1)
     w.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "toy_workflow.json"))
     w.add_argument("--grid", default=str(ROOT / "benchmarks" / "results" / "toy_workflow_previews.png"))
     a = p.parse_args(argv)
-    from . import data
-
-    try:
-        held_out = data.parse_held_out(a.held_out) if getattr(a, "held_out", None) else None
-    except ValueError as e:
-        p.error(str(e))
-    toy = {"held_out": ",".join(held_out) if held_out else None}
+    toy = toy_overrides(p, a) if a.cmd != "judge" else {}
 
     import torch
 

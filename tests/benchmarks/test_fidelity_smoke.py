@@ -76,6 +76,28 @@ def test_fidelity_refuses_a_budget_that_does_not_divide(tmp_path):
     assert not list(tmp_path.iterdir())  # refused before any work
 
 
+def test_fidelity_takes_the_toy_steps_and_ti_lr_it_is_given(tmp_path):
+    """--toy-steps picks (and builds) another toy model, --ti-lr sets TI's step; both are recorded."""
+    p = fidelity("--size", "smoke", "--methods", "ti", "--seeds", "0", "--toy-steps", "3", "--ti-lr", "0.05",
+                 "--out-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr[-4000:]
+    data = json.loads((tmp_path / "fidelity_smoke.json").read_text())
+    assert data["toymodel"]["settings"]["steps"] == 3 and data["ti_lr"] == 0.05
+    assert data["checkpoint"] != "" and "-" in data["checkpoint"]
+    from benchmarks.toymodel import model
+
+    assert data["checkpoint"] == model.checkpoint_path("smoke", model.settings_for("smoke", steps=3)).name
+    assert data["checkpoint"] != model.checkpoint_path("smoke").name  # the steps are part of the cache key
+
+
+def test_fidelity_refuses_bad_toy_steps_and_ti_lr_before_any_work(tmp_path):
+    for args, says in ((("--toy-steps", "0"), "--toy-steps must be >= 1"), (("--ti-lr", "0"), "--ti-lr must be > 0"),
+                       (("--held-out", "pink,cross"), "COLOUR,SHAPE")):
+        p = fidelity("--size", "smoke", *args, "--out-dir", str(tmp_path / "out"))
+        assert p.returncode == 2 and says in p.stderr, (args, p.stderr[-2000:])
+    assert not (tmp_path / "out").exists()
+
+
 def test_fidelity_scores_clip_i_and_t_through_evaluate_with_user_weights(tmp_path):
     """--clip-model: CLIP-I/CLIP-T per token and per caption, from the Evaluate Token node (a random
     open_clip model stands in for the user's weights)."""
