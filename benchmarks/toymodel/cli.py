@@ -41,7 +41,7 @@ def toy_overrides(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.toymodel", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="train the toy model (cached; ~15 min for full on one CPU thread)")
+    b = sub.add_parser("build", help="train the toy model (cached; full: about 40 min on 2 CPU threads)")
     b.add_argument("--size", choices=("full", "smoke"), default="full")
     add_toy_arguments(b)
     b.add_argument("--threads", type=int, default=None,
