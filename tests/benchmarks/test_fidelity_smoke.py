@@ -83,7 +83,6 @@ def test_fidelity_takes_the_toy_steps_and_ti_lr_it_is_given(tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     data = json.loads((tmp_path / "fidelity_smoke.json").read_text())
     assert data["toymodel"]["settings"]["steps"] == 3 and data["ti_lr"] == 0.05
-    assert data["checkpoint"] != "" and "-" in data["checkpoint"]
     from benchmarks.toymodel import model
 
     assert data["checkpoint"] == model.checkpoint_path("smoke", model.settings_for("smoke", steps=3)).name
