@@ -107,6 +107,9 @@ ABLATIONS: dict[str, tuple[str, list[Any]]] = {
     # not the paper's: the research of issue 15 (the step size, and antithetic pairs at n=1 and 2)
     "lr": ("learning_rate", [2.5e-3, 5e-3, 1e-2]),
     "two_sided": ("two_sided", [False, True]),
+    # a schedule: the learning rate starts at the value and decays to 0 on a cosine over the run
+    # (torch's CosineAnnealingLR); the default (None) is the paper's constant lr 5e-3
+    "cosine": ("cosine_lr", [1e-2, 2e-2]),
 }
 
 
@@ -129,7 +132,7 @@ def variant_key(param: str, value: Any) -> str:
 
 def ablation_key(param: str, value: Any) -> str:
     """The run group of one ablation value: its default value is the plain ZOODiP run."""
-    default = ZO[param]
+    default = ZO.get(param)  # a setting the paper's method does not have (cosine_lr) defaults to None
     same = tuple(value) == tuple(default) if isinstance(value, (tuple, list)) else value == default
     return "zoodip" if same else variant_key(param, value)
 
@@ -315,7 +318,7 @@ def run(
                     init_word=init_word,
                     num_vectors=1,
                     steps=steps[key],
-                    learning_rate=vc["learning_rate"],
+                    learning_rate=vc.get("cosine_lr") or vc["learning_rate"],  # a schedule's starting value
                     queries=vc["queries"],
                     perturbation=vc["perturbation"],
                     two_sided=bool(vc.get("two_sided")),
@@ -352,8 +355,12 @@ def run(
                 with torch.inference_mode():
                     r = training.prepare(model_obj, clip, vae, refs, s)
                     if zo:
+                        schedule = None
+                        if vc.get("cosine_lr"):
+                            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(r.trainer.optimizer, T_max=steps[key])
                         training.train(
                             r,
+                            on_step=None if schedule is None else lambda res, rate, _s=schedule: _s.step(),
                             preview_every=every,
                             on_preview=lambda step, r=r, last=steps[key]: (
                                 step < last and checkpoint(r.trainer.theta, r.family, r.loss_fn.evaluations)
@@ -389,6 +396,7 @@ def run(
                     "train_loss_first10": _mean(history[:10]),
                     "train_loss_last10": _mean(history[-10:]),
                     "token_norm": float(theta.norm()),
+                    "final_lr": float(r.trainer.optimizer.param_groups[0]["lr"]) if zo else ti_lr,
                     "train_seconds": round(train_seconds, 1),
                     "train_cpu_seconds": round(train_cpu, 1),  # the speed measure: this machine is shared
                     "curve": curve,
@@ -584,6 +592,19 @@ def _reach(s: dict[str, Any]) -> str:
     return "not reached" if t is None else f"{t:.0f} ({x:.2f}x TI)" if x else f"{t:.0f}"
 
 
+def ablation_values(result: dict[str, Any], name: str) -> list[Any]:
+    """The values of ablation ``name`` a result can hold: ABLATIONS' list, and any other value run
+    with ``--ablations name=v`` (e.g. lr=0.02), in order when they are numbers."""
+    param, values = ABLATIONS[name]
+    keys = {ablation_key(param, v) for v in values}
+    extra = [c[param] for k, c in (result.get("variants") or {}).items()
+             if k.startswith(param + "=") and k not in keys and param in c]
+    out = list(values) + extra
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in out):
+        out.sort()
+    return out
+
+
 def measured_ablations(result: dict[str, Any]) -> dict[str, str]:
     """The result's ablations (name -> engine setting) with a run besides the default: a run stopped
     before its ablation values (or merged from such runs) names ablations it never measured."""
@@ -591,7 +612,7 @@ def measured_ablations(result: dict[str, Any]) -> dict[str, str]:
     return {
         name: param
         for name, param in (result.get("ablations") or {}).items()
-        if any(ablation_key(param, v) in summary and ablation_key(param, v) != "zoodip" for v in ABLATIONS[name][1])
+        if any(ablation_key(param, v) in summary and ablation_key(param, v) != "zoodip" for v in ablation_values(result, name))
     }
 
 
@@ -624,7 +645,10 @@ def table(result: dict[str, Any]) -> str:
             head[0].format(param),
             head[1],
         ]
-        for v in ABLATIONS[name][1]:
+        values = ablation_values(result, name)
+        if "zoodip" in summary and all(ablation_key(param, v) != "zoodip" for v in values):
+            lines.append(_row("none (default)", summary["zoodip"]))  # a setting the paper's method lacks
+        for v in values:
             key = ablation_key(param, v)
             if key in summary:
                 default = " (default)" if key == "zoodip" else ""
@@ -676,7 +700,7 @@ def plot_ablations(result: dict[str, Any], path: Path) -> Path:
         for frac in (0.0, 0.5, 1.0):
             y = bottom - frac * (bottom - top)
             d.text((x0 - 28, y - 6), f"{frac:.0%}", fill="gray")
-        values = ABLATIONS[name][1]
+        values = ablation_values(result, name)
         slot = (pw - 2 * pad) / len(values)
         for j, v in enumerate(values):
             key = ablation_key(param, v)

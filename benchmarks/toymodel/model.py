@@ -69,8 +69,9 @@ def settings_for(size: str, **overrides: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}")
     s["held_out"] = ",".join(data.parse_held_out(s["held_out"]))  # one spelling, one cache key
-    if int(s["threads"]) < 1:
-        raise ValueError(f"threads must be >= 1, got {s['threads']}")
+    for key in ("threads", "steps"):  # the CLIs say it first, in their flags' words (cli.toy_overrides)
+        if int(s[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {s[key]}")
     return s
 
 

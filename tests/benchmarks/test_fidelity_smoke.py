@@ -57,13 +57,17 @@ def test_fidelity_benchmark_smoke(tmp_path):
 
 def test_fidelity_ablation_smoke(tmp_path):
     """--ablations varies one ZOODiP setting at a time; the default value is the one zoodip run."""
-    p = fidelity("--size", "smoke", "--seeds", "0", "--ablations", "nu,n", "--budget", "30", "--out-dir", str(tmp_path))
+    p = fidelity("--size", "smoke", "--seeds", "0", "--ablations", "nu,n,cosine=0.02", "--budget", "30",
+                 "--out-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr[-4000:]
     data = json.loads((tmp_path / "fidelity_ablations_smoke.json").read_text())
-    assert set(data["summary"]) == {"zoodip", "nu=0.0001", "nu=0.01", "nu=0.1", "queries=1", "queries=4"}
+    assert set(data["summary"]) == {"zoodip", "nu=0.0001", "nu=0.01", "nu=0.1", "queries=1", "queries=4", "cosine_lr=0.02"}
+    # the schedule ran: from 0.02 down to 0 at the last step; the others kept the paper's constant 5e-3
+    final_lr = {r["variant"]: r["final_lr"] for r in data["runs"]}
+    assert final_lr.pop("cosine_lr=0.02") < 1e-9 and set(final_lr.values()) == {5e-3}
     steps = {r["variant"]: r["steps"] for r in data["runs"]}
     assert steps["queries=1"] == 15 and steps["queries=4"] == 6 and steps["zoodip"] == 10
-    assert all(r["forwards"] == 30 for r in data["runs"])
+    assert steps["cosine_lr=0.02"] == 10 and all(r["forwards"] == 30 for r in data["runs"])
     assert data["variants"]["nu=0.1"]["nu"] == 0.1 and data["variants"]["nu=0.1"]["puts"] == [500, 900]
     md = (tmp_path / "fidelity_ablations_smoke.md").read_text()
     assert "Ablation: nu" in md and "0.001 (default)" in md
@@ -229,3 +233,28 @@ def test_an_ablation_stopped_before_its_values_gets_no_table_or_panel(tmp_path):
     ran.update(ablations={"n": "queries"}, seeds=[0])
     ran["summary"] = f.summarize(ran)
     assert f.measured_ablations(ran) == {"n": "queries"} and "Ablation: n" in f.table(ran)
+
+
+def test_ablation_tables_show_merged_values_and_the_default_of_a_new_setting():
+    from benchmarks import fidelity as f
+
+    def variant(key, acc):
+        return dict(_run("zoodip", 0, [acc] * 4, 1.0), variant=key)
+
+    # lr=0.02 is not in ABLATIONS["lr"] but was run with --ablations lr=0.02 and merged in
+    lr = _result([variant("zoodip", 0.5), variant("learning_rate=0.01", 0.6), variant("learning_rate=0.02", 0.7)])
+    lr.update(ablations={"lr": "learning_rate"}, variants=dict(f.plan([], ["lr=0.01/0.02"])), seeds=[0])
+    lr["summary"] = f.summarize(lr)
+    assert f.ablation_values(lr, "lr") == [2.5e-3, 5e-3, 1e-2, 2e-2]
+    rows = [line.split(" | ")[0] for line in f.table(lr).split("Ablation: lr")[1].splitlines() if line.startswith("| 0")]
+    assert rows == ["| 0.005 (default)", "| 0.01", "| 0.02"]
+    # a schedule the paper's method lacks: its rows follow the default's (constant lr), marked as such
+    groups = dict(f.plan([], ["cosine=0.02"]))
+    assert list(groups) == ["cosine_lr=0.02"] and groups["cosine_lr=0.02"]["cosine_lr"] == 0.02
+    assert f.ablation_key("cosine_lr", 0.02) == "cosine_lr=0.02" and f.steps_for(groups["cosine_lr=0.02"], 1200) == 400
+    cos = _result([variant("zoodip", 0.5), variant("cosine_lr=0.02", 0.8)])
+    cos.update(ablations={"cosine": "cosine_lr"}, variants=groups, seeds=[0])
+    cos["summary"] = f.summarize(cos)
+    section = f.table(cos).split("Ablation: cosine")[1]
+    assert "| none (default) | 1 |" in section and "| 0.02 | 1 |" in section
+    assert section.index("none (default)") < section.index("| 0.02 |")

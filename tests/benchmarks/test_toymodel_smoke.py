@@ -116,6 +116,9 @@ def test_held_out_concept_is_a_parameter():
 
     assert model.checkpoint_path("full") != model.checkpoint_path("full", model.settings_for("full", held_out="red,circle"))
     assert model.settings_for("full", held_out="Purple , cross") == model.settings_for("full")  # one spelling, one key
+    for key in ("steps", "threads"):  # refused for API callers too, not only by the CLIs
+        with pytest.raises(ValueError, match=f"{key} must be >= 1"):
+            model.settings_for("full", **{key: 0})
 
 
 def test_toy_workflow_runs_on_the_toy_checkpoint(host, toy):
