@@ -228,6 +228,7 @@ def run(
     held_out: tuple[str, str] = ("purple", "cross"),
     toy_steps: int | None = None,
     ti_lr: float = TI_LR,
+    curve: int | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -240,6 +241,12 @@ def run(
     seeds = seeds if seeds is not None else cfg["ablation_seeds" if ablations else "seeds"]
     groups = plan(methods, ablations)
     steps = {key: steps_for(c, budget) for key, c in groups}  # a bad budget fails before any work
+    if curve is not None:
+        odd = sorted({n for n in steps.values() if n % curve})
+        if curve < 1 or odd:
+            raise ValueError(f"--curve {curve}: the judgements must split every run's steps ({sorted(set(steps.values()))}) "
+                             "evenly; try 4, or 6 with --budget 3600")
+        cfg["curve"] = curve
     name = "fidelity_ablations" if ablations else "fidelity"
     t_start = time.perf_counter()
     result: dict[str, Any] = {
@@ -253,6 +260,7 @@ def run(
         "prompt": PROMPT,
         "init_word": init_word,
         "samples_per_judgement": cfg["samples"],
+        "judgements_along_budget": cfg["curve"],
         "concept": " ".join(held_out),
         "ablations": {name: ABLATIONS[name][0] for name in (parse_ablation(a)[0] for a in ablations)},
         "variants": {k: c for k, c in groups},
@@ -796,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-word", default=INIT_WORD, help="the token's starting word (one CLIP token)")
     toy_cli.add_toy_arguments(p)
     p.add_argument("--ti-lr", type=float, default=TI_LR, help="first-order TI's Adam learning rate")
+    p.add_argument("--curve", type=int, default=None,
+                   help="judgements along the budget (default 4; each costs one judgement: 32 samples)")
     p.add_argument("--clip-model", default=None, help="an open_clip weights file: adds CLIP-I/CLIP-T through Evaluate Token")
     p.add_argument(
         "--clip-architecture", default="ViT-B-32", help="its open_clip architecture (a <file>.json beside it overrides)"
@@ -870,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
             held_out=held_out,
             toy_steps=toy["steps"],
             ti_lr=a.ti_lr,
+            curve=a.curve,
         )
     except ValueError as e:
         p.error(str(e))

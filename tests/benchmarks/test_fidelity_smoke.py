@@ -80,22 +80,25 @@ def test_fidelity_refuses_a_budget_that_does_not_divide(tmp_path):
     assert not list(tmp_path.iterdir())  # refused before any work
 
 
-def test_fidelity_takes_the_toy_steps_and_ti_lr_it_is_given(tmp_path):
-    """--toy-steps picks (and builds) another toy model, --ti-lr sets TI's step; both are recorded."""
+def test_fidelity_takes_the_toy_steps_ti_lr_and_curve_it_is_given(tmp_path):
+    """--toy-steps picks (and builds) another toy model, --ti-lr sets TI's step, --curve the judgements; all recorded."""
     p = fidelity("--size", "smoke", "--methods", "ti", "--seeds", "0", "--toy-steps", "3", "--ti-lr", "0.05",
-                 "--out-dir", str(tmp_path))
+                 "--curve", "1", "--out-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr[-4000:]
     data = json.loads((tmp_path / "fidelity_smoke.json").read_text())
     assert data["toymodel"]["settings"]["steps"] == 3 and data["ti_lr"] == 0.05
+    # --curve 1: judged once, at the end (the smoke size's default judges twice)
+    assert data["judgements_along_budget"] == 1 and [len(r["curve"]) for r in data["runs"]] == [1]
     from benchmarks.toymodel import model
 
     assert data["checkpoint"] == model.checkpoint_path("smoke", model.settings_for("smoke", steps=3)).name
     assert data["checkpoint"] != model.checkpoint_path("smoke").name  # the steps are part of the cache key
 
 
-def test_fidelity_refuses_bad_toy_steps_and_ti_lr_before_any_work(tmp_path):
+def test_fidelity_refuses_bad_toy_steps_ti_lr_and_curve_before_any_work(tmp_path):
     for args, says in ((("--toy-steps", "0"), "--toy-steps must be >= 1"), (("--ti-lr", "0"), "--ti-lr must be > 0"),
-                       (("--held-out", "pink,cross"), "COLOUR,SHAPE")):
+                       (("--held-out", "pink,cross"), "COLOUR,SHAPE"),
+                       (("--methods", "zoodip", "--curve", "3"), "--curve 3: the judgements must split")):
         p = fidelity("--size", "smoke", *args, "--out-dir", str(tmp_path / "out"))
         assert p.returncode == 2 and says in p.stderr, (args, p.stderr[-2000:])
     assert not (tmp_path / "out").exists()
