@@ -16,7 +16,8 @@ TI with one step per ZO forward pass (3x the compute, the accounting of an earli
 token starts from an init word the model already knows but that does not draw the concept ("object"
 by default, see --init-word; the class word "shape" is a baseline). With
 ``--ablations`` the paper's ablations run instead: one setting of ZOODiP varied at a time (PUTS
-band, tau, nu, n, mu; and lr and two-sided pairs, not the paper's). Each token is judged by
+band, tau, nu, n, mu; and lr, two-sided pairs and a cosine lr schedule, not the paper's). Each
+token is judged by
 
 - the judge (benchmarks/toymodel/classifier.py, trained on all 20 colour x shape combinations):
   of 32 images sampled with "a photo of a <token>", the share it names the held-out concept
@@ -242,8 +243,7 @@ def run(
     groups = plan(methods, ablations)
     steps = {key: steps_for(c, budget) for key, c in groups}  # a bad budget fails before any work
     if curve is not None:
-        odd = sorted({n for n in steps.values() if n % curve})
-        if curve < 1 or odd:
+        if curve < 1 or any(n % curve for n in steps.values()):
             raise ValueError(f"--curve {curve}: the judgements must split every run's steps ({sorted(set(steps.values()))}) "
                              "evenly; try 4, or 6 with --budget 3600")
         cfg["curve"] = curve

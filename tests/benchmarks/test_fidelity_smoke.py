@@ -98,7 +98,8 @@ def test_fidelity_takes_the_toy_steps_ti_lr_and_curve_it_is_given(tmp_path):
 def test_fidelity_refuses_bad_toy_steps_ti_lr_and_curve_before_any_work(tmp_path):
     for args, says in ((("--toy-steps", "0"), "--toy-steps must be >= 1"), (("--ti-lr", "0"), "--ti-lr must be > 0"),
                        (("--held-out", "pink,cross"), "COLOUR,SHAPE"),
-                       (("--methods", "zoodip", "--curve", "3"), "--curve 3: the judgements must split")):
+                       (("--methods", "zoodip", "--curve", "3"), "--curve 3: the judgements must split"),
+                       (("--curve", "0"), "--curve 0: the judgements must split")):
         p = fidelity("--size", "smoke", *args, "--out-dir", str(tmp_path / "out"))
         assert p.returncode == 2 and says in p.stderr, (args, p.stderr[-2000:])
     assert not (tmp_path / "out").exists()
