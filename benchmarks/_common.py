@@ -14,12 +14,28 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads, then the caller's again. CPU kernels sum in a thread-dependent
+    order, so whatever must come out the same on every run (the toy's weights, the judge's) trains
+    at a fixed count."""
+    import torch
+
+    caller = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(caller)
 
 
 def pack(session: Any, *modules: str) -> dict[str, ModuleType]:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks._common import torch_threads
 from devtools import assets
 
 from . import data, vae
@@ -212,12 +213,8 @@ def build(size: str = "full", out: Path | None = None, say: Callable[[str], None
     settings only, not on the caller's thread count.
     """
     settings = settings_for(size, **overrides)
-    caller_threads = torch.get_num_threads()
-    torch.set_num_threads(int(settings["threads"]))
-    try:
+    with torch_threads(settings["threads"]):
         return _build(size, settings, Path(out) if out is not None else checkpoint_path(size, settings), say)
-    finally:
-        torch.set_num_threads(caller_threads)
 
 
 def _build(size: str, settings: dict[str, Any], path: Path, say: Callable[[str], None]) -> Path:

@@ -198,3 +198,19 @@ def test_build_gives_the_same_weights_whatever_the_callers_thread_count(toy, tmp
     assert "weights_sha256_mismatch" not in described
     # the key holds the thread count: another count is another model, never the same file name
     assert model.checkpoint_path("smoke") != model.checkpoint_path("smoke", model.settings_for("smoke", threads=2))
+
+
+def test_judge_gets_the_same_weights_whatever_the_callers_thread_count():
+    """The judge trains at classifier.THREADS, so figures do not depend on who trained it first."""
+    from benchmarks.toymodel import classifier
+
+    before = torch.get_num_threads()
+    nets = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            nets.append(classifier.train(None, per_concept=4, steps=20).net.state_dict())
+            assert torch.get_num_threads() == n  # the caller's count is restored
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
