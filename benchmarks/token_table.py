@@ -13,12 +13,13 @@ checkpoint to see what such a subspace would hold there.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks._common import write_json
 
 KS = (8, 32, 64, 128, 384)
 
@@ -83,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"checkpoint": a.checkpoint.name, "key": key, **spectrum(weights, ks)}
     print(table(result))
     if a.out is not None:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(a.out, result)
     return 0
 
 
