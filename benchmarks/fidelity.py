@@ -16,7 +16,8 @@ TI with one step per ZO forward pass (3x the compute, the accounting of an earli
 token starts from an init word the model already knows but that does not draw the concept ("object"
 by default, see --init-word; the class word "shape" is a baseline). With
 ``--ablations`` the paper's ablations run instead: one setting of ZOODiP varied at a time (PUTS
-band, tau, nu, n, mu; and lr, two-sided pairs and a cosine lr schedule, not the paper's). Each
+band, tau, nu, n, mu; and lr, two-sided pairs, a cosine lr schedule and directions drawn in a
+random low-dimensional subspace, not the paper's). Each
 token is judged by
 
 - the judge (benchmarks/toymodel/classifier.py, trained on all 20 colour x shape combinations):
@@ -111,7 +112,56 @@ ABLATIONS: dict[str, tuple[str, list[Any]]] = {
     # a schedule: the learning rate starts at the value and decays to 0 on a cosine over the run
     # (torch's CosineAnnealingLR); the default (None) is the paper's constant lr 5e-3
     "cosine": ("cosine_lr", [1e-2, 2e-2]),
+    # the directions drawn in a random d-dimensional subspace, redrawn every RANDOM_SUBSPACE_EVERY steps
+    # (RandomSubspaceDirections); the default (None) is the paper's full-dimensional Gaussian directions
+    "random_subspace": ("random_subspace_dim", [64, 256]),
 }
+RANDOM_SUBSPACE_EVERY = 32  # steps per random subspace: one per SG refresh at ZO["tau"]
+
+
+class RandomSubspaceDirections:
+    """A random-subspace replacement for ``RandomGradientEstimator.directions`` (research only).
+
+    u_i = sqrt(D/d) * Q z_i, with z_i ~ N(0, I_d) from the step's direction seed and Q a (D, d)
+    orthonormal basis drawn from (seed, block) and kept for ``every`` steps. The sqrt(D/d) gives u
+    the length of a D-dimensional Gaussian, so mu keeps its meaning, and over fresh bases
+    E[u u^T] = I as for the paper's directions. A step is a new direction seed; the estimator asks
+    for the same seed twice (queries, then estimate), and both get the same basis.
+    """
+
+    def __init__(self, n: int, dim: int, every: int, seed: int) -> None:
+        if dim < 1 or every < 1:
+            raise ValueError(f"subspace dim and every must be >= 1, got {dim} and {every}")
+        self.n, self.dim, self.every, self.seed = int(n), int(dim), int(every), int(seed)
+        self.steps = 0  # direction seeds seen: the step count
+        self._block: dict[int, int] = {}  # direction seed -> its basis block
+        self._basis: tuple[int, Any] = (-1, None)
+
+    @property
+    def subspaces(self) -> int:
+        """How many bases the steps so far were drawn in."""
+        return -(-self.steps // self.every)
+
+    def basis(self, block: int, size: int) -> Any:
+        import torch
+
+        if self._basis[0] != block:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + block) & ((1 << 63) - 1))
+            q, _ = torch.linalg.qr(torch.randn(size, min(self.dim, size), generator=g, dtype=torch.float64))
+            self._basis = (block, q)
+        return self._basis[1]
+
+    def __call__(self, shape: Any, seed: int) -> Any:
+        import torch
+
+        if seed not in self._block:
+            self._block[seed] = self.steps // self.every
+            self.steps += 1
+        size = math.prod(shape)
+        q = self.basis(self._block[seed], size)
+        z = torch.randn((self.n, q.shape[1]), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        u = (z @ q.T) * math.sqrt(size / q.shape[1])
+        return u.to(torch.float32).reshape(self.n, *shape)
 
 
 def method_config(method: str, **override: Any) -> dict[str, Any]:
@@ -362,6 +412,9 @@ def run(
                 every = steps[key] // cfg["curve"] if steps[key] % cfg["curve"] == 0 else 0
                 with torch.inference_mode():
                     r = training.prepare(model_obj, clip, vae, refs, s)
+                    if vc.get("random_subspace_dim"):  # an instance attribute: queries and estimate both use it
+                        est = r.trainer.estimator
+                        est.directions = RandomSubspaceDirections(est.n, vc["random_subspace_dim"], RANDOM_SUBSPACE_EVERY, seed)
                     if zo:
                         schedule = None
                         if vc.get("cosine_lr"):
@@ -405,6 +458,8 @@ def run(
                     "train_loss_last10": _mean(history[-10:]),
                     "token_norm": float(theta.norm()),
                     "final_lr": float(r.trainer.optimizer.param_groups[0]["lr"]) if zo else ti_lr,
+                    # the random subspaces the directions were drawn in (0: the paper's directions)
+                    "random_subspaces": getattr(vars(r.trainer.estimator).get("directions"), "subspaces", 0),
                     "train_seconds": round(train_seconds, 1),
                     "train_cpu_seconds": round(train_cpu, 1),  # the speed measure: this machine is shared
                     "curve": curve,

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -57,17 +59,22 @@ def test_fidelity_benchmark_smoke(tmp_path):
 
 def test_fidelity_ablation_smoke(tmp_path):
     """--ablations varies one ZOODiP setting at a time; the default value is the one zoodip run."""
-    p = fidelity("--size", "smoke", "--seeds", "0", "--ablations", "nu,n,cosine=0.02", "--budget", "30",
+    p = fidelity("--size", "smoke", "--seeds", "0", "--ablations", "nu,n,cosine=0.02,random_subspace=4",
+                 "--budget", "30",
                  "--out-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr[-4000:]
     data = json.loads((tmp_path / "fidelity_ablations_smoke.json").read_text())
-    assert set(data["summary"]) == {"zoodip", "nu=0.0001", "nu=0.01", "nu=0.1", "queries=1", "queries=4", "cosine_lr=0.02"}
+    assert set(data["summary"]) == {"zoodip", "nu=0.0001", "nu=0.01", "nu=0.1", "queries=1", "queries=4", "cosine_lr=0.02",
+                                    "random_subspace_dim=4"}
     # the schedule ran: from 0.02 down to 0 at the last step; the others kept the paper's constant 5e-3
     final_lr = {r["variant"]: r["final_lr"] for r in data["runs"]}
     assert final_lr.pop("cosine_lr=0.02") < 1e-9 and set(final_lr.values()) == {5e-3}
     steps = {r["variant"]: r["steps"] for r in data["runs"]}
     assert steps["queries=1"] == 15 and steps["queries=4"] == 6 and steps["zoodip"] == 10
     assert steps["cosine_lr=0.02"] == 10 and all(r["forwards"] == 30 for r in data["runs"])
+    # 10 steps in subspaces of 32 steps: one subspace; the other variants drew the paper's directions
+    subspaces = {r["variant"]: r["random_subspaces"] for r in data["runs"]}
+    assert subspaces.pop("random_subspace_dim=4") == 1 and set(subspaces.values()) == {0}
     assert data["variants"]["nu=0.1"]["nu"] == 0.1 and data["variants"]["nu=0.1"]["puts"] == [500, 900]
     md = (tmp_path / "fidelity_ablations_smoke.md").read_text()
     assert "Ablation: nu" in md and "0.001 (default)" in md
@@ -262,3 +269,27 @@ def test_ablation_tables_show_merged_values_and_the_default_of_a_new_setting():
     section = f.table(cos).split("Ablation: cosine")[1]
     assert "| none (default) | 1 |" in section and "| 0.02 | 1 |" in section
     assert section.index("none (default)") < section.index("| 0.02 |")
+
+
+def test_random_subspace_directions_keep_one_basis_per_block_and_the_paper_s_second_moment():
+    import torch
+
+    import benchmarks.fidelity as f
+
+    d = f.RandomSubspaceDirections(n=2, dim=3, every=4, seed=7)
+    block = [d((1, 16), s) for s in range(100, 104)]  # 4 steps: one basis
+    assert torch.equal(d((1, 16), 101), block[1])  # estimate asks for a step's seed again: the same u
+    assert block[0].shape == (2, 1, 16) and d.steps == 4 and d.subspaces == 1
+    stacked = torch.cat(block).reshape(-1, 16).double()
+    assert torch.linalg.matrix_rank(stacked, rtol=1e-5) == 3  # 8 directions, all in the 3-d subspace
+    nxt = d((1, 16), 200).reshape(-1, 16).double()  # step 5: a new basis
+    assert d.subspaces == 2 and torch.linalg.matrix_rank(torch.cat([stacked, nxt]), rtol=1e-5) > 3
+    assert torch.equal(f.RandomSubspaceDirections(2, 3, 4, 7)((1, 16), 100), block[0])  # seeded
+
+    # over fresh bases, E[u u^T] = I, as for N(0, I) directions: mu and lr keep their meaning
+    fresh = f.RandomSubspaceDirections(n=2, dim=3, every=1, seed=0)
+    u = torch.cat([fresh((16,), s) for s in range(3000)]).double()
+    second = u.T @ u / u.shape[0]
+    assert (second - torch.eye(16, dtype=torch.float64)).abs().max() < 0.25
+    with pytest.raises(ValueError, match="must be >= 1"):
+        f.RandomSubspaceDirections(2, 0, 4, 7)
