@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ks = tuple(int(k) for k in a.ks.split(","))
     except ValueError:
-        p.error(f"--ks must be comma-separated integers, got {a.ks!r}")
+        ks = ()
+    if not ks or min(ks) < 1:
+        p.error(f"--ks must be comma-separated whole numbers of directions >= 1, got {a.ks!r}")
     if not a.checkpoint.is_file():
         p.error(f"{a.checkpoint} is not a file: give a .safetensors checkpoint")
     try:

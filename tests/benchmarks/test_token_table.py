@@ -53,3 +53,7 @@ def test_cli_reads_the_checkpoint_table_and_refuses_one_without(tmp_path, capsys
     assert "no '*token_embedding.weight'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="vocabulary, width"):
         token_table.spectrum(torch.zeros(5))
+    for bad in ("0,8", "-4", "8,x", ""):
+        with pytest.raises(SystemExit):
+            token_table.main([str(ckpt), "--ks", bad])
+        assert "whole numbers of directions >= 1" in capsys.readouterr().err
