@@ -49,7 +49,7 @@ class FirstOrderTI:
     """Textual inversion by backpropagation, the baseline a ZOODiP step is compared with.
 
     Same loss object as ZOODiP (the host's text encoder and UNet, the same draws); the token is a
-    leaf tensor and only its gradient is computed (``backward(inputs=...)``): the host's frozen
+    leaf tensor and only its gradient is computed (``loss_gradient``): the host's frozen
     weights get none, as in the usual TI scripts, which train the embedding only. The executor
     runs nodes under inference mode and the host mutates some tensors in place, hence the modes.
     """
@@ -65,15 +65,23 @@ class FirstOrderTI:
     def step(self) -> dict[str, Any]:
         import torch
 
-        with torch.inference_mode(False), torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.theta.unsqueeze(0), self.derive_seed(self.seed, self.k, 2))[0]
-            loss.backward(inputs=[self.theta])
-            g = self.theta.grad
-            grad_norm = None if g is None else float(g.detach().norm())
+        loss, g = loss_gradient(self.loss_fn, self.theta, self.derive_seed(self.seed, self.k, 2))
+        with torch.inference_mode(False):
+            self.theta.grad = g
             self.opt.step()
         self.k += 1
-        return {"loss": float(loss.detach()), "grad_norm": grad_norm}
+        return {"loss": loss, "grad_norm": float(g.norm())}
+
+
+def loss_gradient(loss_fn: Any, theta: Any, data_seed: int) -> tuple[float, Any]:
+    """The loss of one draw at ``theta`` and its exact gradient (backprop to the token only)."""
+    import torch
+
+    with torch.inference_mode(False), torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
+        leaf = theta.detach().clone().requires_grad_(True)
+        loss = loss_fn(leaf.unsqueeze(0), data_seed)[0]
+        (g,) = torch.autograd.grad(loss, [leaf])
+    return float(loss.detach()), g.detach()
 
 
 def write_json(out: Path, result: dict[str, Any]) -> None:
