@@ -151,13 +151,13 @@ def run(size: str, held_out: tuple[str, str], out_dir: Path | None, say: Callabl
 
 
 def table(result: dict[str, Any]) -> str:
-    ns, width = result["ns"], result.get("token_width", 768)
+    ns, width, q = result["ns"], result.get("token_width", 768), result["zo"]["queries"]
     lines = [
         f"Cosine to the expected gradient (mean ± sd over {result['draws']} draws; reference: "
         f"{result['reference_draws']} draws), toy concept {result['concept']}, token width D = {width}",
         "",
         "| ZOODiP step | reference halves agree | TI step (3 fwd) | "
-        + " | ".join(f"ZO n={n} ({n + 1} fwd)" for n in ns) + " | ZO n=2 + SG | SG noise directions |",
+        + " | ".join(f"ZO n={n} ({n + 1} fwd)" for n in ns) + f" | ZO n={q} + SG | SG noise directions |",
         "|---" * (5 + len(ns)) + "|",
     ]
     for p in result["points_measured"]:
@@ -167,7 +167,7 @@ def table(result: dict[str, Any]) -> str:
             return f"{_c[k]['mean']:.3f} ± {_c[k]['sd']:.3f}" if k in _c else "-"
 
         lines.append(f"| {p['step']} | {p['reference_self_cosine']:.3f} | {f('ti')} | "
-                     + " | ".join(f(f"zo_n{n}") for n in ns) + f" | {f('zo_n2_sg')} | {p['sg_noise_directions']} |")
+                     + " | ".join(f(f"zo_n{n}") for n in ns) + f" | {f(f'zo_n{q}_sg')} | {p['sg_noise_directions']} |")
     theory = " / ".join(f"n={n}: {math.sqrt(n / (width + n + 1)):.3f}" for n in ns)
     lines += ["", f"Random directions alone (an exact gradient, sqrt(n / (D + n + 1))): {theory}; "
               "ZO's figure is about that times TI's."]
