@@ -657,7 +657,8 @@ def _reach(s: dict[str, Any]) -> str:
 
 def ablation_values(result: dict[str, Any], name: str) -> list[Any]:
     """The values of ablation ``name`` a result can hold: ABLATIONS' list, and any other value run
-    with ``--ablations name=v`` (e.g. lr=0.02), in order when they are numbers."""
+    with ``--ablations name=v`` (e.g. lr=0.02), in order when they are numbers; first None (the
+    plain ZOODiP run) for a setting the paper's method lacks (cosine_lr), so it gets its default."""
     param, values = ABLATIONS[name]
     keys = {ablation_key(param, v) for v in values}
     extra = [c[param] for k, c in (result.get("variants") or {}).items()
@@ -665,7 +666,11 @@ def ablation_values(result: dict[str, Any], name: str) -> list[Any]:
     out = list(values) + extra
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in out):
         out.sort()
-    return out
+    return [None, *out] if ZO.get(param) is None else out
+
+
+def value_label(param: str, value: Any) -> str:
+    return "none" if value is None else variant_key(param, value).split("=", 1)[1]
 
 
 def measured_ablations(result: dict[str, Any]) -> dict[str, str]:
@@ -708,14 +713,11 @@ def table(result: dict[str, Any]) -> str:
             head[0].format(param),
             head[1],
         ]
-        values = ablation_values(result, name)
-        if "zoodip" in summary and all(ablation_key(param, v) != "zoodip" for v in values):
-            lines.append(_row("none (default)", summary["zoodip"]))  # a setting the paper's method lacks
-        for v in values:
+        for v in ablation_values(result, name):
             key = ablation_key(param, v)
             if key in summary:
                 default = " (default)" if key == "zoodip" else ""
-                lines.append(_row(variant_key(param, v).split("=", 1)[1] + default, summary[key]))
+                lines.append(_row(value_label(param, v) + default, summary[key]))
     curves = {m: {c["forward_equivalents"]: c for c in v.get("curve", [])} for m, v in summary.items()}
     points = sorted({f for c in curves.values() for f in c})
     if len(points) > 1:
@@ -781,7 +783,7 @@ def plot_ablations(result: dict[str, Any], path: Path) -> Path:
                 if r.get("variant") == key:
                     ry = bottom - r["accuracy"] * (bottom - top)
                     d.ellipse((cx + slot * 0.12 - 3, ry - 3, cx + slot * 0.12 + 3, ry + 3), fill="white", outline="black")
-            d.text((cx - slot * 0.45, bottom + 4), variant_key(param, v).split("=", 1)[1], fill="black")
+            d.text((cx - slot * 0.45, bottom + 4), value_label(param, v), fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path

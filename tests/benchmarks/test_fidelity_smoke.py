@@ -246,7 +246,7 @@ def test_an_ablation_stopped_before_its_values_gets_no_table_or_panel(tmp_path):
     assert f.measured_ablations(ran) == {"n": "queries"} and "Ablation: n" in f.table(ran)
 
 
-def test_ablation_tables_show_merged_values_and_the_default_of_a_new_setting():
+def test_ablation_tables_show_merged_values_and_the_default_of_a_new_setting(tmp_path):
     from benchmarks import fidelity as f
 
     def variant(key, acc):
@@ -269,6 +269,12 @@ def test_ablation_tables_show_merged_values_and_the_default_of_a_new_setting():
     section = f.table(cos).split("Ablation: cosine")[1]
     assert "| none (default) | 1 |" in section and "| 0.02 | 1 |" in section
     assert section.index("none (default)") < section.index("| 0.02 |")
+    # and its panel draws the default's bar (red) beside the schedule's (blue)
+    assert f.ablation_values(cos, "cosine") == [None, 1e-2, 2e-2]
+    from PIL import Image
+
+    colours = {c for _, c in Image.open(f.plot_ablations(cos, tmp_path / "cos.png")).getcolors(1 << 16)}
+    assert {(200, 60, 40), (40, 90, 200)} <= colours
 
 
 def test_random_subspace_directions_keep_one_basis_per_block_and_the_paper_s_second_moment():
