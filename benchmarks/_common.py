@@ -84,6 +84,15 @@ def loss_gradient(loss_fn: Any, theta: Any, data_seed: int) -> tuple[float, Any]
     return float(loss.detach()), g.detach()
 
 
+def cosine(a: Any, b: Any) -> float:
+    """Cosine of two tensors of any shape, in float64; 0 if either is zero."""
+    import torch
+
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    den = float(a.norm() * b.norm())
+    return float(torch.dot(a, b)) / den if den > 0 else 0.0
+
+
 def write_json(out: Path, result: dict[str, Any]) -> None:
     """Write the result file whole or not at all (a temp file renamed over it)."""
     out = Path(out)

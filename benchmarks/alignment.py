@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, loss_gradient, pack, say, write_json
+from benchmarks._common import ROOT, cosine, loss_gradient, pack, say, write_json
 from benchmarks.toymodel import cli as toy_cli
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -36,14 +36,6 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"points": [0, 200, 400], "draws": 16, "reference_draws": 64, "ns": [1, 2, 8, 32], "refs": 4},
     "smoke": {"points": [0, 2], "draws": 2, "reference_draws": 4, "ns": [1, 2], "refs": 2},
 }
-
-
-def cosine(a: Any, b: Any) -> float:
-    import torch
-
-    a, b = a.reshape(-1).double(), b.reshape(-1).double()
-    den = float(a.norm() * b.norm())
-    return float(torch.dot(a, b)) / den if den > 0 else 0.0
 
 
 def measure(

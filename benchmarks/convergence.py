@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, FirstOrderTI, machine_info, pack, write_json
+from benchmarks._common import ROOT, FirstOrderTI, cosine, machine_info, pack, write_json
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "convergence.json"
 TEMPLATE = "a photo of a {token}"
@@ -293,7 +293,7 @@ def run_seed(session, variants: list[Variant], seed: int, cfg: dict[str, Any], s
             out["held_out_at_theta0_engine"] = held_out_loss(plain, theta0, held_seed, cfg["draws"])
         out["theta_star_norm"] = float(theta_star.norm())
         out["theta0_norm"] = float(theta0.norm())
-        out["theta0_cosine_to_theta_star"] = _cos(theta0, theta_star)
+        out["theta0_cosine_to_theta_star"] = cosine(theta0, theta_star)
         for v in variants:
             tr = train_variant(v, seed, cfg["budget"], grid, theta0, loss_fn, pk)
             say(f"[seed {seed}] {v.label}: {tr.steps} steps, {tr.rows_evaluated} rows, {tr.seconds:.1f} s cpu"
@@ -315,11 +315,6 @@ def _loaded(nodes, ckpt: str) -> tuple:
     if ckpt not in _MODELS:
         _MODELS[ckpt] = tuple(nodes.CheckpointLoaderSimple().load_checkpoint(ckpt)[:3])
     return _MODELS[ckpt]
-
-
-def _cos(a, b) -> float:
-    a, b = a.reshape(-1).double(), b.reshape(-1).double()
-    return float(a @ b / (a.norm() * b.norm()))
 
 
 def _evaluate(traces: list[Trace], loss_fn, seed: int, draws: int, theta0, theta_star, derive_seed) -> None:
@@ -351,7 +346,7 @@ def _evaluate(traces: list[Trace], loss_fn, seed: int, draws: int, theta0, theta
     d0 = float((theta0.float().cpu() - theta_star.float().cpu()).norm())
     for tr in traces:
         tr.held_out = [mean[unique[th.numpy().tobytes()]] for th in tr.thetas]
-        tr.cosine = [_cos(th, theta_star.float().cpu()) for th in tr.thetas]
+        tr.cosine = [cosine(th, theta_star.float().cpu()) for th in tr.thetas]
         tr.distance = [float((th - theta_star.float().cpu()).norm()) / d0 for th in tr.thetas]
 
 
