@@ -72,13 +72,13 @@ def measure(
     cos: dict[str, list[float]] = {"ti": [], **{f"zo_n{n}": [] for n in ns}}
     if project is not None:
         cos[f"zo_n{project_n}_sg"] = []
+    full, each = estimator_cls(n_max, mu), {n: estimator_cls(n, mu) for n in ns}
     for d in range(draws):
         data_seed, dir_seed = derive_seed(seed, d, 2), derive_seed(seed, d, 1)
         cos["ti"].append(cosine(grad_fn(theta, data_seed), g_bar))
-        full = estimator_cls(n_max, mu)
         losses = loss_fn(full.queries(theta, dir_seed), data_seed).detach().float().cpu()
         for n in ns:
-            g = estimator_cls(n, mu).estimate(losses[: n + 1], theta, dir_seed)
+            g = each[n].estimate(losses[: n + 1], theta, dir_seed)
             cos[f"zo_n{n}"].append(cosine(g, g_bar))
             if project is not None and n == project_n:
                 cos[f"zo_n{n}_sg"].append(cosine(project(g), g_bar))
