@@ -209,7 +209,10 @@ def parse_ablation(text: str) -> tuple[str, list[Any]]:
                 lo, hi = v.split("-")  # a ValueError unless exactly two parts
                 out.append([int(lo), int(hi)])
             else:
-                out.append(kind(v))
+                x = kind(v)
+                if not x > 0:  # every numeric setting here is a size, a rate or a count
+                    raise ValueError(v)
+                out.append(x)
         except ValueError:
             raise ValueError(f"--ablations {text}: {v!r} is not a value of {name} (e.g. {variant_key(name, values[0]).split('=')[1]})") from None
     return name, out

@@ -277,6 +277,16 @@ def test_ablation_tables_show_merged_values_and_the_default_of_a_new_setting(tmp
     assert {(200, 60, 40), (40, 90, 200)} <= colours
 
 
+def test_an_ablation_value_that_is_not_positive_is_refused():
+    import benchmarks.fidelity as f
+
+    # random_subspace=0 would otherwise run the paper's directions under another name
+    for text in ("random_subspace=0", "n=0", "mu=-0.001", "tau=8/0"):
+        with pytest.raises(ValueError, match="is not a value of"):
+            f.parse_ablation(text)
+    assert f.parse_ablation("random_subspace=64/256") == ("random_subspace", [64, 256])
+
+
 def test_random_subspace_directions_keep_one_basis_per_block_and_the_paper_s_second_moment():
     import torch
 
